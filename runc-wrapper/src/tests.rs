@@ -1,0 +1,91 @@
+use std::{io::Write, os::unix::fs::PermissionsExt, sync::Arc};
+
+use super::*;
+
+/// Writes a fake runc that answers each subcommand the way real runc does.
+fn fake_runc(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("runc");
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "#!/bin/sh\n{body}").unwrap();
+    drop(f);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn runc(dir: &Path, body: &str) -> Runc {
+    Runc::new(fake_runc(dir, body), dir.join("root"), Arc::new(DirectWait))
+}
+
+#[tokio::test]
+async fn state_decodes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runc(dir.path(), r#"echo '{"ociVersion":"1.0.2","id":"c1","pid":42,"status":"running","bundle":"/b","rootfs":"/b/rootfs","created":"2024-01-01T00:00:00Z","owner":""}'"#);
+    let st = r.state("c1").await.unwrap();
+    assert_eq!(st.pid, 42);
+    assert_eq!(st.status, "running");
+}
+
+#[tokio::test]
+async fn failure_carries_stderr_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runc(dir.path(), "echo 'container does not exist' >&2; exit 1");
+    let err = r.start("nope").await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(err.to_string().contains("runc start failed (exit status 1)"), "{err}");
+}
+
+#[tokio::test]
+async fn missing_binary_is_a_spawn_error() {
+    let r = Runc::new("/nonexistent/runc", "/tmp", Arc::new(DirectWait));
+    let err = r.pause("c").await.unwrap_err();
+    assert!(matches!(err, RuncError::Spawn { .. }), "{err}");
+    assert!(err.to_string().contains("/nonexistent/runc"));
+}
+
+#[tokio::test]
+async fn timeout_kills_runc() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runc(dir.path(), "exec sleep 30").with_timeout(Duration::from_millis(200));
+    let started = Instant::now();
+    let err = r.resume("c").await.unwrap_err();
+    assert!(matches!(err, RuncError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn update_sends_resources_on_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("stdin.json");
+    let r = runc(dir.path(), &format!("cat > {}", out.display()));
+    let res: LinuxResources = serde_json::from_str(r#"{"cpu":{"shares":512}}"#).unwrap();
+    r.update("c", &res).await.unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(sent["cpu"]["shares"], 512);
+}
+
+#[tokio::test]
+async fn ps_and_stats_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runc(
+        dir.path(),
+        r#"case "$3" in
+ps) echo '[1,2,3]';;
+events) echo '{"type":"stats","id":"c","data":{"cpu":{"usage":{"total":10}},"memory":{"usage":{"usage":4096}},"pids":{"current":2}}}';;
+esac"#,
+    );
+    assert_eq!(r.ps("c").await.unwrap(), vec![1, 2, 3]);
+    let s = r.stats("c").await.unwrap();
+    assert_eq!(s.memory.usage.usage, 4096);
+    assert_eq!(s.pids.current, 2);
+}
+
+#[test]
+fn log_errors_take_the_last_error() {
+    let log = r#"{"level":"warning","msg":"w","time":"t"}
+{"level":"error","msg":"first","time":"t"}
+not json
+{"level":"error","msg":"exec failed: no such file","time":"t"}
+"#;
+    assert_eq!(parse_log_errors(log).as_deref(), Some("exec failed: no such file"));
+    assert_eq!(parse_log_errors(""), None);
+}

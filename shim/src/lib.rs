@@ -1,0 +1,24 @@
+//! Brisk: a containerd shim (Task API v2) that never stalls CRI on an exiting
+//! container.
+//!
+//! Where to look:
+//! - [`bootstrap`]: `start`, `delete` and serving, as containerd runs the binary.
+//! - [`task_service`]: the Task API handlers.
+//! - [`container`] and [`process_state`]: what is known about each container and
+//!   the state machine of each process.
+//! - [`reaper`]: the only `waitpid` of the shim.
+//! - [`rootfs`], [`stdio`], [`cgroup_metrics`], [`events`], [`config`]: the parts.
+#![warn(clippy::await_holding_lock)]
+
+pub mod bootstrap;
+pub mod cgroup_metrics;
+pub mod config;
+pub mod container;
+pub mod error;
+pub mod events;
+pub mod logging;
+pub mod process_state;
+pub mod reaper;
+pub mod rootfs;
+pub mod stdio;
+pub mod task_service;

@@ -1,0 +1,31 @@
+//! `containerd-shim-brisk-v2`: the binary containerd runs for runtime type
+//! `io.containerd.brisk.v2`.
+
+use brisk_shim::{bootstrap::BriskShim, logging};
+use containerd_shim::Config;
+
+const RUNTIME_ID: &str = "io.containerd.brisk.v2";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "-v" || a == "--version" || a == "-version") {
+        println!("containerd-shim-brisk-v2 {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    let serving = !args.iter().any(|a| a == "start" || a == "delete");
+    if serving {
+        logging::init(args.iter().any(|a| a == "-debug"));
+    }
+    let config = Config {
+        // Logging is ours (tracing, to the log FIFO), and so is the reaper.
+        no_setup_logger: true,
+        no_reaper: true,
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(8)
+        .build()
+        .expect("build tokio runtime");
+    rt.block_on(containerd_shim::asynchronous::run::<BriskShim>(RUNTIME_ID, Some(config)));
+}

@@ -1,0 +1,181 @@
+//! The shim's only `waitpid`: it reaps every child and orphan (the shim is a
+//! subreaper) and hands each exit to whoever watches that pid.
+//!
+//! Container and exec processes are not our children when they start (runc
+//! forks them), and they may exit before we learn their pid from runc's pid
+//! file. Exits nobody watches yet are therefore kept for a while, and a watch
+//! registered later still gets them. An exit older than the moment the
+//! watched process was spawned belongs to an earlier process with the same
+//! pid and is ignored.
+
+use std::{
+    collections::HashMap,
+    io,
+    process::{Child, Command},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use nix::{
+    errno::Errno,
+    sys::wait::{waitpid, WaitPidFlag, WaitStatus},
+    unistd::Pid,
+};
+use runc_wrapper::ExitWatch;
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+/// How long an exit that nobody watched is kept.
+const UNCLAIMED_TTL: Duration = Duration::from_secs(120);
+
+/// One reaped process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub pid: i32,
+    /// Exit code, or 128 + signal number.
+    pub status: i32,
+    pub at: SystemTime,
+}
+
+#[derive(Default)]
+struct Table {
+    watchers: HashMap<i32, (Instant, oneshot::Sender<Exit>)>,
+    unclaimed: HashMap<i32, (Instant, Exit)>,
+}
+
+#[derive(Default, Clone)]
+pub struct Reaper {
+    table: Arc<Mutex<Table>>,
+}
+
+impl Reaper {
+    /// Starts reaping on SIGCHLD. Must run before the shim spawns anything.
+    pub fn start() -> io::Result<Self> {
+        let reaper = Reaper::default();
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        let r = reaper.clone();
+        tokio::spawn(async move {
+            // Reap once at start: children may have exited before the handler.
+            loop {
+                r.reap_all();
+                if sigchld.recv().await.is_none() {
+                    break;
+                }
+            }
+        });
+        Ok(reaper)
+    }
+
+    /// Reports the exit of `pid` through the returned receiver. `since` is
+    /// when the process was spawned; exits reaped before it are stale.
+    pub fn watch(&self, pid: i32, since: Instant) -> oneshot::Receiver<Exit> {
+        let (tx, rx) = oneshot::channel();
+        let mut t = self.table.lock().unwrap();
+        match t.unclaimed.remove(&pid) {
+            Some((reaped, exit)) if reaped >= since => {
+                let _ = tx.send(exit);
+            }
+            _ => {
+                t.watchers.insert(pid, (since, tx));
+            }
+        }
+        rx
+    }
+
+    /// Drops interest in `pid`, e.g. when runc failed before the process ran.
+    pub fn unwatch(&self, pid: i32) {
+        self.table.lock().unwrap().watchers.remove(&pid);
+    }
+
+    fn reap_all(&self) {
+        loop {
+            let exit = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, code),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, 128 + sig as i32),
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(other) => {
+                    debug!(?other, "ignoring wait status");
+                    continue;
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    warn!(error = %e, "waitpid failed");
+                    return;
+                }
+            };
+            self.deliver(Exit {
+                pid: exit.0.as_raw(),
+                status: exit.1,
+                at: SystemTime::now(),
+            });
+        }
+    }
+
+    fn deliver(&self, exit: Exit) {
+        let now = Instant::now();
+        let mut t = self.table.lock().unwrap();
+        if let Some((_, tx)) = t.watchers.remove(&exit.pid) {
+            drop(t);
+            let _ = tx.send(exit);
+            return;
+        }
+        t.unclaimed.retain(|_, (at, _)| now.duration_since(*at) < UNCLAIMED_TTL);
+        t.unclaimed.insert(exit.pid, (now, exit));
+    }
+}
+
+impl ExitWatch for Reaper {
+    fn spawn(&self, cmd: &mut Command) -> io::Result<(Child, oneshot::Receiver<i32>)> {
+        let since = Instant::now();
+        let child = cmd.spawn()?;
+        let exit = self.watch(child.id() as i32, since);
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            if let Ok(e) = exit.await {
+                let _ = tx.send(e.status);
+            }
+        });
+        Ok((child, rx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(pid: i32, status: i32) -> Exit {
+        Exit {
+            pid,
+            status,
+            at: SystemTime::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn exit_before_watch_is_kept() {
+        let r = Reaper::default();
+        let since = Instant::now();
+        r.deliver(exit(10, 3));
+        let got = r.watch(10, since).await.unwrap();
+        assert_eq!(got.status, 3);
+    }
+
+    #[tokio::test]
+    async fn stale_exit_is_ignored() {
+        let r = Reaper::default();
+        r.deliver(exit(11, 1));
+        let since = Instant::now() + Duration::from_millis(1);
+        let mut rx = r.watch(11, since);
+        assert!(rx.try_recv().is_err());
+        r.deliver(exit(11, 0));
+        assert_eq!(rx.await.unwrap().status, 0);
+    }
+
+    #[tokio::test]
+    async fn watch_then_exit() {
+        let r = Reaper::default();
+        let rx = r.watch(12, Instant::now());
+        r.deliver(exit(12, 137));
+        assert_eq!(rx.await.unwrap().status, 137);
+    }
+}

@@ -1,0 +1,735 @@
+//! The Task API v2 served to containerd.
+//!
+//! Every handler follows the same pattern: take the container's lock, read or
+//! change its state, let go, and only then call runc or do I/O. So a slow
+//! runc call or unmount on one container never blocks calls that only need
+//! state, and never blocks the pod's other containers.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use async_trait::async_trait;
+use containerd_shim::{asynchronous::ExitSignal, util::convert_to_timestamp};
+use containerd_shim_protos::{
+    api::{self, DeleteResponse, Empty},
+    events::task::{
+        TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+        TaskResumed, TaskStart,
+    },
+    protobuf::{well_known_types::timestamp::Timestamp, MessageField},
+    shim_async::Task,
+    topics,
+    ttrpc::{self, r#async::TtrpcContext},
+};
+use oci_spec::runtime::{LinuxResources, Process as ProcessSpec, Spec};
+use runc_wrapper::{CreateOpts, ExecOpts, ProcessIo, Runc};
+use tracing::{debug, info, warn};
+
+use crate::{
+    cgroup_metrics,
+    config::RuntimeConfig,
+    container::{Container, Process},
+    error::{Result, ShimError},
+    events::EventSink,
+    process_state::{Event, ExitInfo, ProcessState},
+    reaper::{Exit, Reaper},
+    rootfs,
+    stdio::{self, ConsoleSocket, StdioPaths},
+};
+
+/// How long Create waits for runc to send a terminal's pty master.
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Shared<T> = Arc<Mutex<T>>;
+
+/// The task service of one shim, i.e. of one pod.
+#[derive(Clone)]
+pub struct TaskService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: String,
+    containers: Mutex<HashMap<String, Shared<Container>>>,
+    reaper: Reaper,
+    events: EventSink,
+    exit: Arc<ExitSignal>,
+}
+
+fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
+    MessageField::some(convert_to_timestamp(Some(at.into())))
+}
+
+/// Logs the latency of a call that containerd's CRI makes under its locks.
+struct Timed(&'static str, Instant, String);
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        debug!(call = self.0, id = %self.2, took = ?self.1.elapsed(), "task call");
+    }
+}
+
+impl TaskService {
+    pub fn new(namespace: String, reaper: Reaper, events: EventSink, exit: Arc<ExitSignal>) -> Self {
+        TaskService {
+            inner: Arc::new(Inner {
+                namespace,
+                containers: Mutex::new(HashMap::new()),
+                reaper,
+                events,
+                exit,
+            }),
+        }
+    }
+
+    fn container(&self, id: &str) -> Result<Shared<Container>> {
+        self.inner
+            .containers
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ShimError::ContainerNotFound(id.to_string()))
+    }
+
+    /// Called by the exit watcher of a process once the reaper saw it exit.
+    fn on_exit(&self, c: &Shared<Container>, exec_id: &str, exit: Exit) {
+        let info = ExitInfo {
+            status: exit.status as u32,
+            at: exit.at,
+        };
+        let mut publish = Vec::new();
+        {
+            let mut g = c.lock().unwrap();
+            let id = g.id.clone();
+            let Ok(p) = g.process_mut(exec_id) else { return };
+            if let Err(e) = p.apply(Event::Exit(info)) {
+                debug!(id, exec_id, error = %e, "exit of a process no longer tracked");
+                return;
+            }
+            info!(id, exec_id, pid = exit.pid, status = exit.status, "process exited");
+            if !exec_id.is_empty() {
+                publish.push(exec_id.to_string());
+            }
+            // The init's exit is reported once its execs are gone too.
+            if matches!(g.init.state, ProcessState::Exiting(_)) && !g.has_running_execs() {
+                publish.push(String::new());
+            }
+            for pid in &publish {
+                let p = g.process_mut(pid).expect("process just seen");
+                let pid_num = p.pid as u32;
+                let _ = p.apply(Event::ExitPublished);
+                self.inner.events.send(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    TaskExit {
+                        container_id: id.clone(),
+                        id: if pid.is_empty() { id.clone() } else { pid.clone() },
+                        pid: pid_num,
+                        exit_status: info_of(p).status,
+                        exited_at: timestamp(info_of(p).at),
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+    }
+
+    fn watch_exit(&self, c: Shared<Container>, exec_id: String, pid: i32, since: Instant) {
+        let rx = self.inner.reaper.watch(pid, since);
+        let svc = self.clone();
+        tokio::spawn(async move {
+            if let Ok(exit) = rx.await {
+                svc.on_exit(&c, &exec_id, exit);
+            }
+        });
+    }
+
+    fn watch_oom(&self, id: String, pid: i32) {
+        let events = self.inner.events.clone();
+        tokio::spawn(cgroup_metrics::watch_oom(pid as u32, move || {
+            info!(id, "container OOM-killed a process");
+            events.send(
+                topics::TASK_OOM_EVENT_TOPIC,
+                TaskOOM {
+                    container_id: id.clone(),
+                    ..Default::default()
+                },
+            );
+        }));
+    }
+
+    async fn create_container(&self, req: &api::CreateTaskRequest) -> Result<i32> {
+        let id = req.id.clone();
+        if id.is_empty() {
+            return Err(ShimError::InvalidArgument("container id is empty".into()));
+        }
+        if self.inner.containers.lock().unwrap().contains_key(&id) {
+            return Err(ShimError::AlreadyExists(format!("container {id}")));
+        }
+        if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
+            return Err(ShimError::Unimplemented("restoring from a checkpoint"));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec_path = bundle.join("config.json");
+        Spec::load(&spec_path).map_err(|e| ShimError::Bundle {
+            path: spec_path.clone(),
+            reason: format!("invalid or missing config.json: {e}"),
+        })?;
+        let cfg = RuntimeConfig::from_create_options(&self.inner.namespace, req.options.as_ref())?;
+        cfg.save(&bundle)?;
+        let runc = Runc::new(&cfg.runc_binary, &cfg.runc_root, Arc::new(self.inner.reaper.clone()))
+            .with_systemd_cgroup(cfg.systemd_cgroup)
+            .with_timeout(Duration::from_secs(cfg.runc_timeout_secs));
+
+        let rootfs = if req.rootfs.is_empty() {
+            None
+        } else {
+            let target = rootfs::rootfs_of(&bundle);
+            let mounts = req.rootfs.clone();
+            let t = target.clone();
+            let started = Instant::now();
+            tokio::task::spawn_blocking(move || rootfs::mount_all(&mounts, &t))
+                .await
+                .map_err(|e| ShimError::Other(format!("mount task: {e}")))??;
+            info!(id, took = ?started.elapsed(), "rootfs mounted");
+            Some(target)
+        };
+
+        let paths = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let mut init = Process::new(id.clone(), paths.clone(), None);
+        let since = Instant::now();
+        let result = self.run_create(&runc, &id, &bundle, &cfg, &paths, &mut init).await;
+        if let Err(e) = result {
+            warn!(id, error = %e, "create failed, cleaning up");
+            if let Some(target) = &rootfs {
+                let t = target.clone();
+                let _ = tokio::task::spawn_blocking(move || rootfs::unmount_all(&t)).await;
+            }
+            if let Err(e) = runc.delete(&id, true).await {
+                debug!(id, error = %e, "runc delete after failed create");
+            }
+            return Err(e);
+        }
+        let pid = init.pid;
+        let container = Arc::new(Mutex::new(Container {
+            id: id.clone(),
+            bundle: bundle.clone(),
+            runc,
+            init,
+            execs: HashMap::new(),
+            rootfs,
+        }));
+        {
+            let mut map = self.inner.containers.lock().unwrap();
+            if map.contains_key(&id) {
+                return Err(ShimError::AlreadyExists(format!("container {id}")));
+            }
+            map.insert(id.clone(), container.clone());
+        }
+        self.watch_exit(container, String::new(), pid, since);
+        self.watch_oom(id.clone(), pid);
+        self.inner.events.send(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            TaskCreate {
+                container_id: id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                pid: pid as u32,
+                ..Default::default()
+            },
+        );
+        info!(id, pid, "container created");
+        Ok(pid)
+    }
+
+    /// `runc create` with the process's stdio, filling in `init.pid`.
+    async fn run_create(
+        &self,
+        runc: &Runc,
+        id: &str,
+        bundle: &Path,
+        cfg: &RuntimeConfig,
+        paths: &StdioPaths,
+        init: &mut Process,
+    ) -> Result<()> {
+        let pid_file = bundle.join("init.pid");
+        let mut opts = CreateOpts {
+            pid_file: pid_file.clone(),
+            no_pivot: cfg.no_pivot_root,
+            no_new_keyring: cfg.no_new_keyring,
+            ..Default::default()
+        };
+        if paths.terminal {
+            let console = ConsoleSocket::new()?;
+            opts.console_socket = Some(console.path().to_path_buf());
+            let (created, master) = tokio::join!(runc.create(id, bundle, opts), async {
+                tokio::time::timeout(CONSOLE_TIMEOUT, console.receive_master()).await
+            });
+            created?;
+            let master = master.map_err(|_| ShimError::Other("runc sent no pty master within 30s".into()))??;
+            init.console = Some(stdio::start_pty_copy(master, paths)?);
+        } else {
+            let (io, held) = stdio::open_direct(paths)?;
+            opts.io = io;
+            runc.create(id, bundle, opts).await?;
+            init.held = held;
+        }
+        init.pid = read_pid(&pid_file).await?;
+        Ok(())
+    }
+
+    async fn start_exec(&self, c: &Shared<Container>, exec_id: &str) -> Result<i32> {
+        let (runc, id, bundle, spec, paths) = {
+            let g = c.lock().unwrap();
+            g.ensure_alive()?;
+            let p = g.process(exec_id)?;
+            p.state.next(Event::Start, exec_id)?;
+            let spec = p.spec.clone().ok_or_else(|| ShimError::Other("exec has no process spec".into()))?;
+            (g.runc.clone(), g.id.clone(), g.bundle.clone(), spec, p.stdio.clone())
+        };
+        let pid_file = bundle.join(format!("{exec_id}.pid"));
+        let mut opts = ExecOpts {
+            pid_file: pid_file.clone(),
+            ..Default::default()
+        };
+        let since = Instant::now();
+        let mut console_file = None;
+        let mut held = Default::default();
+        if paths.terminal {
+            let console = ConsoleSocket::new()?;
+            opts.console_socket = Some(console.path().to_path_buf());
+            let (done, master) = tokio::join!(runc.exec(&id, exec_id, &bundle, &spec, opts), async {
+                tokio::time::timeout(CONSOLE_TIMEOUT, console.receive_master()).await
+            });
+            done?;
+            let master = master.map_err(|_| ShimError::Other("runc sent no pty master within 30s".into()))??;
+            console_file = Some(stdio::start_pty_copy(master, &paths)?);
+        } else {
+            let (io, h): (ProcessIo, _) = stdio::open_direct(&paths)?;
+            opts.io = io;
+            runc.exec(&id, exec_id, &bundle, &spec, opts).await?;
+            held = h;
+        }
+        let pid = read_pid(&pid_file).await?;
+        let _ = std::fs::remove_file(&pid_file);
+        {
+            let mut g = c.lock().unwrap();
+            let p = g.process_mut(exec_id)?;
+            p.pid = pid;
+            p.held = held;
+            p.console = console_file;
+            p.apply(Event::Start)?;
+        }
+        self.watch_exit(c.clone(), exec_id.to_string(), pid, since);
+        Ok(pid)
+    }
+
+    async fn delete_process(&self, id: &str, exec_id: &str) -> Result<DeleteResponse> {
+        let c = self.container(id)?;
+        if !exec_id.is_empty() {
+            let mut g = c.lock().unwrap();
+            let p = g.process_mut(exec_id)?;
+            p.apply(Event::Delete)?;
+            let (pid, exit) = (p.pid, info_of(p));
+            g.execs.remove(exec_id);
+            return Ok(delete_response(pid, exit));
+        }
+        let (runc, pid, exit, rootfs, was_created) = {
+            let mut g = c.lock().unwrap();
+            let was_created = g.init.state == ProcessState::Created;
+            g.init.apply(Event::Delete)?;
+            (g.runc.clone(), g.init.pid, info_of(&g.init), g.rootfs.take(), was_created)
+        };
+        info!(id, "deleting container");
+        // A created container still has its init blocked in runc; force kills it.
+        if let Err(e) = runc.delete(id, was_created).await {
+            if e.is_not_found() {
+                debug!(id, "runc state already gone");
+            } else {
+                warn!(id, error = %e, "runc delete failed, forcing");
+                runc.delete(id, true).await?;
+            }
+        }
+        if let Some(target) = rootfs {
+            tokio::task::spawn_blocking(move || rootfs::unmount_all(&target))
+                .await
+                .map_err(|e| ShimError::Other(format!("unmount task: {e}")))??;
+        }
+        self.inner.containers.lock().unwrap().remove(id);
+        self.inner.events.send(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            TaskDelete {
+                container_id: id.to_string(),
+                id: id.to_string(),
+                pid: pid as u32,
+                exit_status: exit.status,
+                exited_at: timestamp(exit.at),
+                ..Default::default()
+            },
+        );
+        info!(id, status = exit.status, "container deleted");
+        Ok(delete_response(pid, exit))
+    }
+}
+
+fn info_of(p: &Process) -> ExitInfo {
+    p.state.exit().unwrap_or(ExitInfo {
+        status: 0,
+        at: SystemTime::now(),
+    })
+}
+
+fn delete_response(pid: i32, exit: ExitInfo) -> DeleteResponse {
+    DeleteResponse {
+        pid: pid as u32,
+        exit_status: exit.status,
+        exited_at: timestamp(exit.at),
+        ..Default::default()
+    }
+}
+
+async fn read_pid(path: &Path) -> Result<i32> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| ShimError::io(format!("read pid file {}", path.display()), e))?;
+    text.trim()
+        .parse()
+        .map_err(|_| ShimError::Other(format!("pid file {} holds {:?}", path.display(), text)))
+}
+
+type TtrpcResult<T> = ttrpc::Result<T>;
+
+#[async_trait]
+impl Task for TaskService {
+    async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+        let _t = Timed("create", Instant::now(), req.id.clone());
+        info!(id = req.id, bundle = req.bundle, "create");
+        let pid = self.create_container(&req).await?;
+        Ok(api::CreateTaskResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        let _t = Timed("start", Instant::now(), req.id.clone());
+        let c = self.container(&req.id)?;
+        let pid = if req.exec_id.is_empty() {
+            let (runc, pid) = {
+                let g = c.lock().unwrap();
+                g.init.state.next(Event::Start, &req.id)?;
+                (g.runc.clone(), g.init.pid)
+            };
+            runc.start(&req.id).await.map_err(ShimError::from)?;
+            {
+                let mut g = c.lock().unwrap();
+                // The init may already have exited; then the exit stands.
+                if g.init.state == ProcessState::Created {
+                    g.init.apply(Event::Start)?;
+                }
+            }
+            self.inner.events.send(
+                topics::TASK_START_EVENT_TOPIC,
+                TaskStart {
+                    container_id: req.id.clone(),
+                    pid: pid as u32,
+                    ..Default::default()
+                },
+            );
+            pid
+        } else {
+            let pid = self.start_exec(&c, &req.exec_id).await?;
+            self.inner.events.send(
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                TaskExecStarted {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    pid: pid as u32,
+                    ..Default::default()
+                },
+            );
+            pid
+        };
+        info!(id = req.id, exec_id = req.exec_id, pid, "started");
+        Ok(api::StartResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        let _t = Timed("delete", Instant::now(), req.id.clone());
+        Ok(self.delete_process(&req.id, &req.exec_id).await?)
+    }
+
+    async fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        let _t = Timed("state", Instant::now(), req.id.clone());
+        let c = self.container(&req.id)?;
+        let g = c.lock().unwrap();
+        let p = g.process(&req.exec_id)?;
+        let mut resp = api::StateResponse {
+            id: if req.exec_id.is_empty() { g.id.clone() } else { req.exec_id.clone() },
+            bundle: g.bundle.display().to_string(),
+            pid: p.pid as u32,
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        };
+        resp.status = p.state.status().into();
+        if let Some(exit) = p.state.exit() {
+            resp.exit_status = exit.status;
+            resp.exited_at = timestamp(exit.at);
+        }
+        Ok(resp)
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let c = self.container(&req.id)?;
+        let (runc, execs) = {
+            let g = c.lock().unwrap();
+            if !g.init.state.is_alive() {
+                return Ok(api::PidsResponse::default());
+            }
+            let execs: HashMap<i32, String> = g.execs.values().map(|p| (p.pid, p.id.clone())).collect();
+            (g.runc.clone(), execs)
+        };
+        let pids = runc.ps(&req.id).await.map_err(ShimError::from)?;
+        let processes = pids
+            .into_iter()
+            .map(|pid| {
+                let mut info = api::ProcessInfo {
+                    pid: pid as u32,
+                    ..Default::default()
+                };
+                if let Some(exec_id) = execs.get(&pid) {
+                    let details = containerd_shim_protos::shim::oci::ProcessDetails {
+                        exec_id: exec_id.clone(),
+                        ..Default::default()
+                    };
+                    if let Ok(any) = containerd_shim::util::convert_to_any(Box::new(details)) {
+                        info.info = MessageField::some(any);
+                    }
+                }
+                info
+            })
+            .collect();
+        Ok(api::PidsResponse {
+            processes,
+            ..Default::default()
+        })
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
+        let c = self.container(&req.id)?;
+        let runc = {
+            let g = c.lock().unwrap();
+            g.init.state.next(Event::Pause, &req.id)?;
+            g.runc.clone()
+        };
+        runc.pause(&req.id).await.map_err(ShimError::from)?;
+        let _ = c.lock().unwrap().init.apply(Event::Pause);
+        self.inner.events.send(
+            topics::TASK_PAUSED_EVENT_TOPIC,
+            TaskPaused {
+                container_id: req.id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(Empty::new())
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
+        let c = self.container(&req.id)?;
+        let runc = {
+            let g = c.lock().unwrap();
+            g.init.state.next(Event::Resume, &req.id)?;
+            g.runc.clone()
+        };
+        runc.resume(&req.id).await.map_err(ShimError::from)?;
+        let _ = c.lock().unwrap().init.apply(Event::Resume);
+        self.inner.events.send(
+            topics::TASK_RESUMED_EVENT_TOPIC,
+            TaskResumed {
+                container_id: req.id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(Empty::new())
+    }
+
+    async fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<Empty> {
+        Err(ShimError::Unimplemented("checkpoint (brisk does not checkpoint containers)").into())
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
+        let _t = Timed("kill", Instant::now(), req.id.clone());
+        let c = self.container(&req.id)?;
+        let (runc, pid) = {
+            let g = c.lock().unwrap();
+            let p = g.process(&req.exec_id)?;
+            if !p.state.is_alive() {
+                return Err(ShimError::Exiting(format!("{}: process already finished", req.id)).into());
+            }
+            (g.runc.clone(), p.pid)
+        };
+        info!(id = req.id, exec_id = req.exec_id, signal = req.signal, all = req.all, "kill");
+        if req.exec_id.is_empty() {
+            runc.kill(&req.id, req.signal, req.all).await.map_err(ShimError::from)?;
+        } else if pid > 0 {
+            // An exec is the shim's child until reaped, so its pid cannot be reused.
+            let sig = nix::sys::signal::Signal::try_from(req.signal as i32)
+                .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {}", req.signal)))?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+                .map_err(|e| ShimError::io(format!("kill exec {}", req.exec_id), e.into()))?;
+        }
+        Ok(Empty::new())
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
+        let c = self.container(&req.id)?;
+        if req.exec_id.is_empty() {
+            return Err(ShimError::InvalidArgument("exec id is empty".into()).into());
+        }
+        let spec: ProcessSpec = serde_json::from_slice(&req.spec.value)
+            .map_err(|e| ShimError::InvalidArgument(format!("exec {} process spec: {e}", req.exec_id)))?;
+        {
+            let mut g = c.lock().unwrap();
+            g.ensure_alive()?;
+            if g.execs.contains_key(&req.exec_id) {
+                return Err(ShimError::AlreadyExists(format!("exec {} in container {}", req.exec_id, req.id)).into());
+            }
+            let paths = StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            };
+            g.execs.insert(req.exec_id.clone(), Process::new(req.exec_id.clone(), paths, Some(spec)));
+        }
+        self.inner.events.send(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(Empty::new())
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
+        let c = self.container(&req.id)?;
+        let console = {
+            let g = c.lock().unwrap();
+            let p = g.process(&req.exec_id)?;
+            p.console
+                .as_ref()
+                .map(|f| f.try_clone())
+                .transpose()
+                .map_err(|e| ShimError::io("dup pty master", e))?
+        };
+        match console {
+            Some(f) => stdio::resize(&f, req.width, req.height)?,
+            None => debug!(id = req.id, "resize of a process without terminal"),
+        }
+        Ok(Empty::new())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
+        let c = self.container(&req.id)?;
+        let mut g = c.lock().unwrap();
+        g.process_mut(&req.exec_id)?.held.close_stdin();
+        Ok(Empty::new())
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let _t = Timed("update", Instant::now(), req.id.clone());
+        let c = self.container(&req.id)?;
+        let runc = {
+            let g = c.lock().unwrap();
+            g.ensure_alive()?;
+            g.runc.clone()
+        };
+        let resources: LinuxResources = serde_json::from_slice(&req.resources.value)
+            .map_err(|e| ShimError::InvalidArgument(format!("update of {}: resources: {e}", req.id)))?;
+        runc.update(&req.id, &resources).await.map_err(ShimError::from)?;
+        Ok(Empty::new())
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        let c = self.container(&req.id)?;
+        let mut rx = {
+            let g = c.lock().unwrap();
+            g.process(&req.exec_id)?.subscribe_exit()
+        };
+        let exit = loop {
+            if let Some(exit) = *rx.borrow_and_update() {
+                break exit;
+            }
+            if rx.changed().await.is_err() {
+                return Err(ShimError::Other(format!("{}: process gone without exit", req.id)).into());
+            }
+        };
+        Ok(api::WaitResponse {
+            exit_status: exit.status,
+            exited_at: timestamp(exit.at),
+            ..Default::default()
+        })
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        let c = self.container(&req.id)?;
+        let pid = {
+            let g = c.lock().unwrap();
+            g.ensure_alive()?;
+            g.init.pid
+        };
+        let stats = tokio::task::spawn_blocking(move || cgroup_metrics::collect(pid as u32))
+            .await
+            .map_err(|e| ShimError::Other(format!("stats task: {e}")))??;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(stats),
+            ..Default::default()
+        })
+    }
+
+    async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self.container(&req.id).map(|c| c.lock().unwrap().init.pid).unwrap_or(0);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: task_pid as u32,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<Empty> {
+        let remaining = self.inner.containers.lock().unwrap().len();
+        if remaining == 0 {
+            info!("no containers left, shim exits");
+            self.inner.exit.signal();
+        } else {
+            debug!(remaining, "shutdown ignored while containers remain");
+        }
+        Ok(Empty::new())
+    }
+}
