@@ -65,7 +65,11 @@ struct Invocation<'a> {
 }
 
 impl Runc {
-    pub fn new(binary: impl Into<PathBuf>, root: impl Into<PathBuf>, watch: Arc<dyn ExitWatch>) -> Self {
+    pub fn new(
+        binary: impl Into<PathBuf>,
+        root: impl Into<PathBuf>,
+        watch: Arc<dyn ExitWatch>,
+    ) -> Self {
         Runc {
             binary: binary.into(),
             root: root.into(),
@@ -124,7 +128,13 @@ impl Runc {
     }
 
     pub async fn state(&self, id: &str) -> Result<ContainerState> {
-        let out = self.run("state", vec!["state".into(), id.into()], Invocation::default()).await?;
+        let out = self
+            .run(
+                "state",
+                vec!["state".into(), id.into()],
+                Invocation::default(),
+            )
+            .await?;
         decode("state", &out)
     }
 
@@ -161,17 +171,26 @@ impl Runc {
     }
 
     /// `runc exec --detach` of `process`, written to a file in `bundle`.
-    pub async fn exec(&self, id: &str, exec_id: &str, bundle: &Path, process: &Process, opts: ExecOpts) -> Result<()> {
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        bundle: &Path,
+        process: &Process,
+        opts: ExecOpts,
+    ) -> Result<()> {
         let spec_path = bundle.join(format!(".exec-{exec_id}.json"));
         let json = serde_json::to_vec(process).map_err(|source| RuncError::Decode {
             command: "exec".into(),
             source,
         })?;
-        tokio::fs::write(&spec_path, json).await.map_err(|source| RuncError::Io {
-            command: "exec".into(),
-            context: format!("write {}", spec_path.display()),
-            source,
-        })?;
+        tokio::fs::write(&spec_path, json)
+            .await
+            .map_err(|source| RuncError::Io {
+                command: "exec".into(),
+                context: format!("write {}", spec_path.display()),
+                source,
+            })?;
         let log = bundle.join("log.json");
         let mut args: Vec<OsString> = vec![
             "exec".into(),
@@ -229,7 +248,9 @@ impl Runc {
     async fn simple(&self, command: &'static str, rest: &[&str]) -> Result<()> {
         let mut args: Vec<OsString> = vec![command.into()];
         args.extend(rest.iter().map(OsString::from));
-        self.run(command, args, Invocation::default()).await.map(drop)
+        self.run(command, args, Invocation::default())
+            .await
+            .map(drop)
     }
 
     fn command(&self, args: Vec<OsString>, log_file: Option<&Path>) -> Command {
@@ -246,7 +267,12 @@ impl Runc {
     }
 
     /// Runs one runc command to completion and returns its stdout.
-    async fn run(&self, command: &'static str, args: Vec<OsString>, inv: Invocation<'_>) -> Result<Vec<u8>> {
+    async fn run(
+        &self,
+        command: &'static str,
+        args: Vec<OsString>,
+        inv: Invocation<'_>,
+    ) -> Result<Vec<u8>> {
         let started = Instant::now();
         let mut cmd = self.command(args, inv.log_file);
         let capture = inv.io.is_none();
@@ -257,15 +283,22 @@ impl Runc {
                     .stderr(stdio(io.stderr));
             }
             None => {
-                cmd.stdin(if inv.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped());
+                cmd.stdin(if inv.stdin.is_some() {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
             }
         }
-        let (mut child, exited) = self.watch.spawn(&mut cmd).map_err(|source| RuncError::Spawn {
-            binary: self.binary.clone(),
-            source,
-        })?;
+        let (mut child, exited) =
+            self.watch
+                .spawn(&mut cmd)
+                .map_err(|source| RuncError::Spawn {
+                    binary: self.binary.clone(),
+                    source,
+                })?;
         // The Command still holds the container's stdio; let it go now.
         drop(cmd);
         let pid = child.id() as i32;
@@ -279,8 +312,18 @@ impl Runc {
             (Some(pipe), Some(data)) => Some((pipe, data)),
             _ => None,
         };
-        let stdout = child.stdout.take().map(|p| pipe_reader(p.into())).transpose().map_err(|e| io_err("stdout pipe", e))?;
-        let stderr = child.stderr.take().map(|p| pipe_reader(p.into())).transpose().map_err(|e| io_err("stderr pipe", e))?;
+        let stdout = child
+            .stdout
+            .take()
+            .map(|p| pipe_reader(p.into()))
+            .transpose()
+            .map_err(|e| io_err("stdout pipe", e))?;
+        let stderr = child
+            .stderr
+            .take()
+            .map(|p| pipe_reader(p.into()))
+            .transpose()
+            .map_err(|e| io_err("stderr pipe", e))?;
 
         let work = async move {
             let feed = async {
@@ -290,7 +333,8 @@ impl Runc {
                 }
                 Ok::<_, std::io::Error>(())
             };
-            let (fed, out, err, status) = tokio::join!(feed, read_all(stdout), read_all(stderr), exited);
+            let (fed, out, err, status) =
+                tokio::join!(feed, read_all(stdout), read_all(stderr), exited);
             (fed, out, err, status)
         };
         let (fed, out, err, status) = match tokio::time::timeout(self.timeout, work).await {
@@ -312,18 +356,28 @@ impl Runc {
         } else {
             debug!(command, ?elapsed, "runc call");
         }
-        let status = status.map_err(|_| RuncError::ExitLost { command: command.into() })?;
+        let status = status.map_err(|_| RuncError::ExitLost {
+            command: command.into(),
+        })?;
         if status != 0 {
-            let stderr_text = String::from_utf8_lossy(&err.unwrap_or_default()).trim().to_string();
+            let stderr_text = String::from_utf8_lossy(&err.unwrap_or_default())
+                .trim()
+                .to_string();
             let message = match inv.log_file {
-                Some(log) if !capture || stderr_text.is_empty() => last_log_error(log).await.unwrap_or(stderr_text),
+                Some(log) if !capture || stderr_text.is_empty() => {
+                    last_log_error(log).await.unwrap_or(stderr_text)
+                }
                 _ => stderr_text,
             };
             info!(command, status, %message, "runc call failed");
             return Err(RuncError::Failed {
                 command: command.into(),
                 status,
-                message: if message.is_empty() { "no error message".into() } else { message },
+                message: if message.is_empty() {
+                    "no error message".into()
+                } else {
+                    message
+                },
             });
         }
         fed.map_err(|e| io_err("write stdin", e))?;

@@ -43,9 +43,7 @@ impl ExitWatch for DirectWait {
             let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
             if rc == pid {
                 let st = std::process::ExitStatus::from_raw(status);
-                let code = st
-                    .code()
-                    .unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
+                let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
                 let _ = tx.send(code);
             }
         });

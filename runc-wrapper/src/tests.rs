@@ -19,7 +19,10 @@ fn runc(dir: &Path, body: &str) -> Runc {
 #[tokio::test]
 async fn state_decodes_json() {
     let dir = tempfile::tempdir().unwrap();
-    let r = runc(dir.path(), r#"echo '{"ociVersion":"1.0.2","id":"c1","pid":42,"status":"running","bundle":"/b","rootfs":"/b/rootfs","created":"2024-01-01T00:00:00Z","owner":""}'"#);
+    let r = runc(
+        dir.path(),
+        r#"echo '{"ociVersion":"1.0.2","id":"c1","pid":42,"status":"running","bundle":"/b","rootfs":"/b/rootfs","created":"2024-01-01T00:00:00Z","owner":""}'"#,
+    );
     let st = r.state("c1").await.unwrap();
     assert_eq!(st.pid, 42);
     assert_eq!(st.status, "running");
@@ -31,7 +34,11 @@ async fn failure_carries_stderr_and_status() {
     let r = runc(dir.path(), "echo 'container does not exist' >&2; exit 1");
     let err = r.start("nope").await.unwrap_err();
     assert!(err.is_not_found(), "{err}");
-    assert!(err.to_string().contains("runc start failed (exit status 1)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("runc start failed (exit status 1)"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -86,6 +93,9 @@ fn log_errors_take_the_last_error() {
 not json
 {"level":"error","msg":"exec failed: no such file","time":"t"}
 "#;
-    assert_eq!(parse_log_errors(log).as_deref(), Some("exec failed: no such file"));
+    assert_eq!(
+        parse_log_errors(log).as_deref(),
+        Some("exec failed: no such file")
+    );
     assert_eq!(parse_log_errors(""), None);
 }

@@ -5,7 +5,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use async_trait::async_trait;
@@ -19,17 +19,31 @@ use oci_spec::runtime::Spec;
 use runc_wrapper::{DirectWait, Runc};
 use tracing::{info, warn};
 
-use crate::{config::RuntimeConfig, events::EventSink, reaper::Reaper, rootfs, task_service::TaskService};
+use crate::{
+    config::RuntimeConfig,
+    events::EventSink,
+    reaper::Reaper,
+    rootfs::{self, Unmounter},
+    task_service::TaskService,
+    volatile,
+};
 
 /// Annotations that put a container into an existing shim, most specific first.
-const GROUP_ANNOTATIONS: [&str; 2] = ["io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"];
+const GROUP_ANNOTATIONS: [&str; 2] = [
+    "io.containerd.runc.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+];
 
 pub struct BriskShim {
     namespace: String,
     id: String,
     bundle: PathBuf,
     exit: Arc<ExitSignal>,
+    unmounter: Unmounter,
 }
+
+/// How long a shim that was told to exit waits for detached unmounts.
+const UNMOUNT_GRACE: Duration = Duration::from_secs(60);
 
 /// The shim that serves `id`: the pod's group annotation, else the id itself.
 pub fn grouping(spec: Option<&Spec>, id: &str) -> String {
@@ -54,6 +68,7 @@ impl Shim for BriskShim {
             id: args.id.clone(),
             bundle,
             exit: Arc::new(ExitSignal::default()),
+            unmounter: Unmounter::default(),
         }
     }
 
@@ -80,21 +95,48 @@ impl Shim for BriskShim {
 
     async fn wait(&mut self) {
         self.exit.wait().await;
+        if self.unmounter.pending() > 0 {
+            info!(
+                pending = self.unmounter.pending(),
+                "waiting for rootfs unmounts before exit"
+            );
+            let left = self.unmounter.wait_idle(UNMOUNT_GRACE).await;
+            if left > 0 {
+                warn!(left, "exiting with rootfs unmounts still running; containerd's cleanup unmounts them");
+            }
+        }
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let reaper = Reaper::start().expect("install SIGCHLD handler");
+        // Probe (and log) volatile support once, before the first Create needs it.
+        let _ = tokio::task::spawn_blocking(volatile::supported).await;
         let events = EventSink::new(publisher, self.namespace.clone());
-        info!(namespace = self.namespace, id = self.id, "brisk shim serving");
-        TaskService::new(self.namespace.clone(), reaper, events, self.exit.clone())
+        info!(
+            namespace = self.namespace,
+            id = self.id,
+            "brisk shim serving"
+        );
+        TaskService::new(
+            self.namespace.clone(),
+            reaper,
+            events,
+            self.exit.clone(),
+            self.unmounter.clone(),
+        )
     }
 }
 
 /// `containerd-shim-brisk-v2 delete`: the shim of this container is gone, so
 /// remove its runc state and its rootfs mount with the settings saved at Create.
-pub async fn cleanup_dead_shim(namespace: &str, id: &str, bundle: &Path) -> crate::error::Result<()> {
+pub async fn cleanup_dead_shim(
+    namespace: &str,
+    id: &str,
+    bundle: &Path,
+) -> crate::error::Result<()> {
     let cfg = RuntimeConfig::load_saved(bundle, namespace);
-    let runc = Runc::new(&cfg.runc_binary, &cfg.runc_root, Arc::new(DirectWait)).with_systemd_cgroup(cfg.systemd_cgroup);
+    let runc = Runc::new(&cfg.runc_binary, &cfg.runc_root, Arc::new(DirectWait))
+        .with_systemd_cgroup(cfg.systemd_cgroup);
     match runc.delete(id, true).await {
         Ok(()) => info!(id, "runc state removed"),
         Err(e) if e.is_not_found() => info!(id, "no runc state left"),

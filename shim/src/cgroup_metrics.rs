@@ -19,14 +19,19 @@ use crate::error::{Result, ShimError};
 
 /// Metrics of the cgroup of `pid`, as containerd's `io.containerd.cgroups.v1.Metrics`.
 pub fn collect(pid: u32) -> Result<Any> {
-    let cg = containerd_shim::cgroup::get_cgroup(pid).map_err(|e| ShimError::Other(format!("cgroup of pid {pid}: {e}")))?;
-    let mut metrics: Metrics =
-        containerd_shim::cgroup::collect_metrics(&cg).map_err(|e| ShimError::Other(format!("cgroup metrics: {e}")))?;
+    let cg = containerd_shim::cgroup::get_cgroup(pid)
+        .map_err(|e| ShimError::Other(format!("cgroup of pid {pid}: {e}")))?;
+    let mut metrics: Metrics = containerd_shim::cgroup::collect_metrics(&cg)
+        .map_err(|e| ShimError::Other(format!("cgroup metrics: {e}")))?;
     // On v1 CPU time lives in cpuacct, which the shared collector skips.
     for s in cg.subsystems() {
         if let Subsystem::CpuAcct(acct) = s {
             let a = acct.cpuacct();
-            let usage = metrics.cpu.mut_or_insert_default().usage.mut_or_insert_default();
+            let usage = metrics
+                .cpu
+                .mut_or_insert_default()
+                .usage
+                .mut_or_insert_default();
             usage.total = a.usage;
             usage.user = a.usage_user;
             usage.kernel = a.usage_sys;
@@ -38,8 +43,11 @@ pub fn collect(pid: u32) -> Result<Any> {
         }
     }
     Ok(Any {
-        type_url: format!("types.containerd.io/{}", metrics.descriptor_dyn().full_name()),
-        value: metrics.write_to_bytes().map_err(|e| ShimError::Other(e.to_string()))?,
+        // containerd registers the type under its bare full name.
+        type_url: metrics.descriptor_dyn().full_name().to_string(),
+        value: metrics
+            .write_to_bytes()
+            .map_err(|e| ShimError::Other(e.to_string()))?,
         ..Default::default()
     })
 }
@@ -122,7 +130,8 @@ async fn watch_oom_v2(dir: &Path, on_oom: impl Fn()) {
     let events = dir.join("memory.events");
     let read = || -> Option<u64> {
         let text = std::fs::read_to_string(&events).ok()?;
-        text.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
     };
     let mut last = read().unwrap_or(0);
     let mut tick = tokio::time::interval(Duration::from_millis(500));

@@ -33,6 +33,11 @@ pub struct FileConfig {
     pub systemd_cgroup: Option<bool>,
     /// Upper bound of one runc call, in seconds.
     pub runc_timeout_secs: Option<u64>,
+    /// Mount overlay rootfs with `volatile` where the kernel supports it.
+    pub volatile: Option<bool>,
+    /// Remove the volatile marker of a workdir left by an unclean shutdown
+    /// and mount it anyway, instead of failing Create.
+    pub discard_dirty_volatile_workdir: Option<bool>,
 }
 
 impl FileConfig {
@@ -66,6 +71,14 @@ pub struct RuntimeConfig {
     pub no_pivot_root: bool,
     #[serde(default)]
     pub no_new_keyring: bool,
+    #[serde(default = "yes")]
+    pub volatile: bool,
+    #[serde(default)]
+    pub discard_dirty_volatile_workdir: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Name of the file in the bundle that keeps the [`RuntimeConfig`].
@@ -80,6 +93,8 @@ impl RuntimeConfig {
             runc_timeout_secs: 60,
             no_pivot_root: false,
             no_new_keyring: false,
+            volatile: true,
+            discard_dirty_volatile_workdir: false,
         }
     }
 
@@ -133,12 +148,19 @@ impl RuntimeConfig {
         if let Some(t) = file.runc_timeout_secs {
             self.runc_timeout_secs = t.max(1);
         }
+        if let Some(v) = file.volatile {
+            self.volatile = v;
+        }
+        if let Some(d) = file.discard_dirty_volatile_workdir {
+            self.discard_dirty_volatile_workdir = d;
+        }
     }
 
     pub fn save(&self, bundle: &Path) -> Result<()> {
         let path = bundle.join(SAVED_CONFIG);
         let json = serde_json::to_vec(self).map_err(|e| ShimError::Other(e.to_string()))?;
-        std::fs::write(&path, json).map_err(|e| ShimError::io(format!("write {}", path.display()), e))
+        std::fs::write(&path, json)
+            .map_err(|e| ShimError::io(format!("write {}", path.display()), e))
     }
 
     /// The saved settings of a bundle, or the defaults when there are none.
@@ -170,7 +192,10 @@ pub fn decode_runtime_options(bytes: &[u8]) -> Result<RuntimeOptions> {
         match (field, wire) {
             (1, 2) => out.type_url = is.read_string().map_err(bad)?,
             (2, 2) => out.config_path = is.read_string().map_err(bad)?,
-            (3, 2) => out.config_body = String::from_utf8_lossy(&is.read_bytes().map_err(bad)?).into_owned(),
+            (3, 2) => {
+                out.config_body =
+                    String::from_utf8_lossy(&is.read_bytes().map_err(bad)?).into_owned()
+            }
             (_, 0) => drop(is.read_raw_varint64().map_err(bad)?),
             (_, 1) => drop(is.read_fixed64().map_err(bad)?),
             (_, 2) => drop(is.read_bytes().map_err(bad)?),
@@ -238,18 +263,31 @@ mod tests {
     fn config_path_is_read() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("brisk.toml");
-        std::fs::write(&path, "runc_binary = \"/usr/sbin/runc\"\nrunc_root = \"/run/b\"\n").unwrap();
-        let a = any("runtimeoptions.v1.Options", encode(path.to_str().unwrap(), ""));
+        std::fs::write(
+            &path,
+            "runc_binary = \"/usr/sbin/runc\"\nrunc_root = \"/run/b\"\nvolatile = false\n",
+        )
+        .unwrap();
+        let a = any(
+            "runtimeoptions.v1.Options",
+            encode(path.to_str().unwrap(), ""),
+        );
         let cfg = RuntimeConfig::from_create_options("k8s.io", Some(&a)).unwrap();
         assert_eq!(cfg.runc_binary, PathBuf::from("/usr/sbin/runc"));
         assert_eq!(cfg.runc_root, PathBuf::from("/run/b/k8s.io"));
+        assert!(!cfg.volatile);
+        assert!(!cfg.discard_dirty_volatile_workdir);
     }
 
     #[test]
     fn unknown_key_is_named() {
-        let err = FileConfig::parse("runc_bianry = \"x\"", Path::new("/etc/brisk.toml")).unwrap_err();
+        let err =
+            FileConfig::parse("runc_bianry = \"x\"", Path::new("/etc/brisk.toml")).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("runc_bianry") && msg.contains("/etc/brisk.toml"), "{msg}");
+        assert!(
+            msg.contains("runc_bianry") && msg.contains("/etc/brisk.toml"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -260,7 +298,10 @@ mod tests {
 
     #[test]
     fn missing_config_file_is_named() {
-        let a = any("runtimeoptions.v1.Options", encode("/nonexistent/brisk.toml", ""));
+        let a = any(
+            "runtimeoptions.v1.Options",
+            encode("/nonexistent/brisk.toml", ""),
+        );
         let err = RuntimeConfig::from_create_options("ns", Some(&a)).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/brisk.toml"));
     }

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::{
     error::{Result, ShimError},
     process_state::{Event, ExitInfo, ProcessState},
+    rootfs::MountedRootfs,
     stdio::{HeldIo, StdioPaths},
 };
 
@@ -71,8 +72,8 @@ pub struct Container {
     pub runc: Runc,
     pub init: Process,
     pub execs: HashMap<String, Process>,
-    /// Where the rootfs is mounted, when the shim mounted it.
-    pub rootfs: Option<PathBuf>,
+    /// The rootfs, when the shim mounted it.
+    pub rootfs: Option<MountedRootfs>,
 }
 
 impl Container {
@@ -81,7 +82,9 @@ impl Container {
         if exec_id.is_empty() {
             return Ok(&self.init);
         }
-        self.execs.get(exec_id).ok_or_else(|| self.exec_not_found(exec_id))
+        self.execs
+            .get(exec_id)
+            .ok_or_else(|| self.exec_not_found(exec_id))
     }
 
     pub fn process_mut(&mut self, exec_id: &str) -> Result<&mut Process> {

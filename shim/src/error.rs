@@ -78,9 +78,9 @@ impl ShimError {
     /// Update of a task to "exited already", which is what an exiting task is.
     pub fn code(&self) -> Code {
         match self {
-            ShimError::ContainerNotFound(_) | ShimError::ExecNotFound { .. } | ShimError::Exiting(_) => {
-                Code::NOT_FOUND
-            }
+            ShimError::ContainerNotFound(_)
+            | ShimError::ExecNotFound { .. }
+            | ShimError::Exiting(_) => Code::NOT_FOUND,
             ShimError::AlreadyExists(_) => Code::ALREADY_EXISTS,
             ShimError::InvalidState { .. } => Code::FAILED_PRECONDITION,
             ShimError::InvalidArgument(_) | ShimError::Bundle { .. } | ShimError::Config { .. } => {
@@ -90,9 +90,11 @@ impl ShimError {
             ShimError::Runc(e) if e.is_not_found() => Code::NOT_FOUND,
             ShimError::Runc(RuncError::Timeout { .. }) => Code::DEADLINE_EXCEEDED,
             ShimError::Runc(RuncError::Spawn { .. }) => Code::FAILED_PRECONDITION,
-            ShimError::Runc(_) | ShimError::Mount { .. } | ShimError::Stdio { .. } | ShimError::Io { .. } | ShimError::Other(_) => {
-                Code::UNKNOWN
-            }
+            ShimError::Runc(_)
+            | ShimError::Mount { .. }
+            | ShimError::Stdio { .. }
+            | ShimError::Io { .. }
+            | ShimError::Other(_) => Code::UNKNOWN,
         }
     }
 }

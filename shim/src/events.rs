@@ -18,7 +18,10 @@ impl EventSink {
         let (tx, mut rx) = mpsc::unbounded_channel::<(&'static str, Box<dyn MessageDyn>)>();
         tokio::spawn(async move {
             while let Some((topic, event)) = rx.recv().await {
-                if let Err(e) = publisher.publish(Context::default(), topic, &namespace, event).await {
+                if let Err(e) = publisher
+                    .publish(Context::default(), topic, &namespace, event)
+                    .await
+                {
                     warn!(topic, error = %e, "failed to publish event");
                 }
             }

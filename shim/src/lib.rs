@@ -22,3 +22,4 @@ pub mod reaper;
 pub mod rootfs;
 pub mod stdio;
 pub mod task_service;
+pub mod volatile;

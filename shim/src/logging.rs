@@ -9,7 +9,10 @@ use tracing_subscriber::{fmt, EnvFilter};
 pub fn init(debug: bool) {
     let level = if debug { "debug" } else { "info" };
     let filter = EnvFilter::try_from_env("BRISK_LOG").unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = fmt().with_env_filter(filter).with_ansi(false).with_target(false);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_target(false);
     // containerd opens the reading end before it starts the shim.
     match OpenOptions::new().write(true).open("log") {
         Ok(fifo) => {

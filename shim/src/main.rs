@@ -8,7 +8,10 @@ const RUNTIME_ID: &str = "io.containerd.brisk.v2";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "-v" || a == "--version" || a == "-version") {
+    if args
+        .iter()
+        .any(|a| a == "-v" || a == "--version" || a == "-version")
+    {
         println!("containerd-shim-brisk-v2 {}", env!("CARGO_PKG_VERSION"));
         return;
     }
@@ -27,5 +30,8 @@ fn main() {
         .max_blocking_threads(8)
         .build()
         .expect("build tokio runtime");
-    rt.block_on(containerd_shim::asynchronous::run::<BriskShim>(RUNTIME_ID, Some(config)));
+    rt.block_on(containerd_shim::asynchronous::run::<BriskShim>(
+        RUNTIME_ID,
+        Some(config),
+    ));
 }

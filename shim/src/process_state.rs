@@ -112,7 +112,9 @@ impl ProcessState {
     /// The exit, once there is one.
     pub fn exit(&self) -> Option<ExitInfo> {
         match self {
-            ProcessState::Exiting(e) | ProcessState::Stopped(e) | ProcessState::Deleted(e) => Some(*e),
+            ProcessState::Exiting(e) | ProcessState::Stopped(e) | ProcessState::Deleted(e) => {
+                Some(*e)
+            }
             _ => None,
         }
     }
@@ -123,13 +125,18 @@ impl ProcessState {
             ProcessState::Created => Status::CREATED,
             ProcessState::Running => Status::RUNNING,
             ProcessState::Paused => Status::PAUSED,
-            ProcessState::Exiting(_) | ProcessState::Stopped(_) | ProcessState::Deleted(_) => Status::STOPPED,
+            ProcessState::Exiting(_) | ProcessState::Stopped(_) | ProcessState::Deleted(_) => {
+                Status::STOPPED
+            }
         }
     }
 
     /// True while there is a live process a signal or runc call can reach.
     pub fn is_alive(&self) -> bool {
-        matches!(self, ProcessState::Created | ProcessState::Running | ProcessState::Paused)
+        matches!(
+            self,
+            ProcessState::Created | ProcessState::Running | ProcessState::Paused
+        )
     }
 }
 
@@ -168,8 +175,13 @@ mod tests {
 
     #[test]
     fn delete_may_overtake_the_exit_event() {
-        let s = ProcessState::Exiting(exit()).next(Event::Delete, "c").unwrap();
-        assert_eq!(s.next(Event::ExitPublished, "c").unwrap(), ProcessState::Deleted(exit()));
+        let s = ProcessState::Exiting(exit())
+            .next(Event::Delete, "c")
+            .unwrap();
+        assert_eq!(
+            s.next(Event::ExitPublished, "c").unwrap(),
+            ProcessState::Deleted(exit())
+        );
         assert!(s.next(Event::Delete, "c").is_err());
     }
 

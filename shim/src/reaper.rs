@@ -119,7 +119,8 @@ impl Reaper {
             let _ = tx.send(exit);
             return;
         }
-        t.unclaimed.retain(|_, (at, _)| now.duration_since(*at) < UNCLAIMED_TTL);
+        t.unclaimed
+            .retain(|_, (at, _)| now.duration_since(*at) < UNCLAIMED_TTL);
         t.unclaimed.insert(exit.pid, (now, exit));
     }
 }

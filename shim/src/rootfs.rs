@@ -3,11 +3,19 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use containerd_shim_protos::api::Mount;
-use nix::{errno::Errno, mount::MntFlags};
+use nix::{
+    errno::Errno,
+    mount::{MntFlags, MsFlags},
+};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::error::{Result, ShimError};
@@ -24,13 +32,85 @@ pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
     })?;
     for m in mounts {
         check_mount(m, target)?;
-        let fs_type = (!m.type_.is_empty()).then_some(m.type_.as_str());
-        let source = (!m.source.is_empty()).then_some(m.source.as_str());
-        containerd_shim::mount::mount_rootfs(fs_type, source, &m.options, target).map_err(|e| {
-            ShimError::Mount {
-                target: target.to_path_buf(),
-                reason: format!("{} mount of {} with options {:?}: {e}", m.type_, m.source, m.options),
-            }
+        mount_one(m, target)?;
+    }
+    Ok(())
+}
+
+/// Options that are mount flags rather than filesystem data: (name, flag, clears).
+const FLAG_OPTIONS: &[(&str, MsFlags, bool)] = &[
+    ("ro", MsFlags::MS_RDONLY, false),
+    ("rw", MsFlags::MS_RDONLY, true),
+    ("bind", MsFlags::MS_BIND, false),
+    ("rbind", MsFlags::MS_BIND.union(MsFlags::MS_REC), false),
+    ("nosuid", MsFlags::MS_NOSUID, false),
+    ("suid", MsFlags::MS_NOSUID, true),
+    ("nodev", MsFlags::MS_NODEV, false),
+    ("dev", MsFlags::MS_NODEV, true),
+    ("noexec", MsFlags::MS_NOEXEC, false),
+    ("exec", MsFlags::MS_NOEXEC, true),
+    ("sync", MsFlags::MS_SYNCHRONOUS, false),
+    ("async", MsFlags::MS_SYNCHRONOUS, true),
+    ("noatime", MsFlags::MS_NOATIME, false),
+    ("atime", MsFlags::MS_NOATIME, true),
+    ("nodiratime", MsFlags::MS_NODIRATIME, false),
+    ("diratime", MsFlags::MS_NODIRATIME, true),
+    ("relatime", MsFlags::MS_RELATIME, false),
+    ("norelatime", MsFlags::MS_RELATIME, true),
+    ("strictatime", MsFlags::MS_STRICTATIME, false),
+    ("remount", MsFlags::MS_REMOUNT, false),
+    ("defaults", MsFlags::empty(), false),
+];
+
+/// Splits mount options into flags and the comma-joined filesystem data.
+pub fn parse_options(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        match FLAG_OPTIONS.iter().find(|(name, _, _)| name == o) {
+            Some((_, f, true)) => flags.remove(*f),
+            Some((_, f, false)) => flags.insert(*f),
+            None => data.push(o.as_str()),
+        }
+    }
+    (flags, data.join(","))
+}
+
+fn mount_one(m: &Mount, target: &Path) -> Result<()> {
+    let (flags, data) = parse_options(&m.options);
+    // The kernel takes one page of mount data.
+    if data.len() >= 4096 {
+        return Err(ShimError::Mount {
+            target: target.to_path_buf(),
+            reason: format!(
+                "{} mount options are {} bytes, over the kernel's 4096",
+                m.type_,
+                data.len()
+            ),
+        });
+    }
+    let fs_type = (!m.type_.is_empty() && m.type_ != "bind").then_some(m.type_.as_str());
+    let source = (!m.source.is_empty()).then_some(m.source.as_str());
+    let data_opt = (!data.is_empty()).then_some(data.as_str());
+    nix::mount::mount(source, target, fs_type, flags, data_opt).map_err(|e| ShimError::Mount {
+        target: target.to_path_buf(),
+        reason: format!(
+            "{} mount of {} with options {:?}: {e}",
+            m.type_, m.source, m.options
+        ),
+    })?;
+    // A read-only bind needs a remount to take effect.
+    if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
+        nix::mount::mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            flags | MsFlags::MS_REMOUNT,
+            None::<&str>,
+        )
+        .map_err(|e| ShimError::Mount {
+            target: target.to_path_buf(),
+            reason: format!("read-only remount of bind mount {}: {e}", m.source),
         })?;
     }
     Ok(())
@@ -65,7 +145,10 @@ fn check_mount(m: &Mount, target: &Path) -> Result<()> {
 /// True when the kernel lists `fs_type` in /proc/filesystems.
 fn filesystem_known(fs_type: &str) -> bool {
     std::fs::read_to_string("/proc/filesystems")
-        .map(|s| s.lines().any(|l| l.split_whitespace().last() == Some(fs_type)))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().last() == Some(fs_type))
+        })
         .unwrap_or(true)
 }
 
@@ -105,6 +188,77 @@ pub fn unmount_all(target: &Path) -> Result<Duration> {
     Ok(took)
 }
 
+/// A rootfs the shim mounted, owned until it is unmounted.
+#[derive(Debug)]
+pub struct MountedRootfs {
+    pub target: PathBuf,
+    /// Workdirs mounted volatile, whose markers go after a clean unmount.
+    pub volatile_workdirs: Vec<PathBuf>,
+}
+
+/// Unmounts rootfs on detached workers and keeps count of those still
+/// running, so the shim can wait for them (within a bound) before it exits.
+#[derive(Debug, Default, Clone)]
+pub struct Unmounter {
+    pending: Arc<(AtomicUsize, Notify)>,
+}
+
+impl Unmounter {
+    /// Starts the unmount and returns at once. The worker holds no lock:
+    /// nothing another call needs can wait on it. Failures are retried with
+    /// a log line each, and logged as errors when retries run out.
+    pub fn spawn(&self, id: String, rootfs: MountedRootfs) {
+        self.pending.0.fetch_add(1, Ordering::SeqCst);
+        let pending = self.pending.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut attempt = 1;
+            loop {
+                match unmount_all(&rootfs.target) {
+                    Ok(_) => {
+                        crate::volatile::clear_markers(&rootfs.volatile_workdirs);
+                        break;
+                    }
+                    Err(e) if attempt < UNMOUNT_ATTEMPTS => {
+                        warn!(id, attempt, error = %e, "rootfs unmount failed, retrying");
+                        std::thread::sleep(Duration::from_secs(attempt as u64));
+                        attempt += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(id, attempts = attempt, error = %e, "rootfs unmount failed for good; the mount is left in place");
+                        break;
+                    }
+                }
+            }
+            if pending.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+                pending.1.notify_waiters();
+            }
+        });
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.0.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no unmount is running, or `bound` passes. Returns how
+    /// many are still running.
+    pub async fn wait_idle(&self, bound: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let notified = self.pending.1.notified();
+            let n = self.pending();
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.pending();
+            }
+        }
+    }
+}
+
+/// How often a failing unmount is tried before it is reported for good.
+const UNMOUNT_ATTEMPTS: u32 = 5;
+
 /// Where the rootfs of a bundle is mounted.
 pub fn rootfs_of(bundle: &Path) -> PathBuf {
     bundle.join("rootfs")
@@ -126,13 +280,31 @@ mod tests {
     #[test]
     fn unknown_type_is_named() {
         let e = check_mount(&mount("nosuchfs", "x", &[]), Path::new("/t")).unwrap_err();
-        assert!(e.to_string().contains("unknown mount type \"nosuchfs\""), "{e}");
+        assert!(
+            e.to_string().contains("unknown mount type \"nosuchfs\""),
+            "{e}"
+        );
     }
 
     #[test]
     fn missing_overlay_dir_is_named() {
-        let e = check_mount(&mount("overlay", "overlay", &["lowerdir=/nonexistent/l"]), Path::new("/t")).unwrap_err();
+        let e = check_mount(
+            &mount("overlay", "overlay", &["lowerdir=/nonexistent/l"]),
+            Path::new("/t"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/l"), "{e}");
+    }
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let opts: Vec<String> = ["ro", "nosuid", "lowerdir=/a:/b", "volatile"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (flags, data) = parse_options(&opts);
+        assert!(flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
+        assert_eq!(data, "lowerdir=/a:/b,volatile");
     }
 
     #[test]

@@ -76,9 +76,15 @@ fn open_output(path: &str) -> Result<File> {
             .map_err(open_err(path));
     }
     if path.contains("://") {
-        return Err(ShimError::InvalidArgument(format!("unsupported stdio URI {path}")));
+        return Err(ShimError::InvalidArgument(format!(
+            "unsupported stdio URI {path}"
+        )));
     }
-    OpenOptions::new().read(true).write(true).open(path).map_err(open_err(path))
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(open_err(path))
 }
 
 /// Opens the read end of a stdin FIFO without waiting for a writer.
@@ -88,10 +94,12 @@ fn open_stdin_reader(path: &str) -> Result<File> {
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(open_err(path))?;
-    let flags = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| open_err(path)(e.into()))?;
+    let flags = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETFL)
+        .map_err(|e| open_err(path)(e.into()))?;
     let mut flags = nix::fcntl::OFlag::from_bits_truncate(flags);
     flags.remove(nix::fcntl::OFlag::O_NONBLOCK);
-    nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(|e| open_err(path)(e.into()))?;
+    nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_SETFL(flags))
+        .map_err(|e| open_err(path)(e.into()))?;
     Ok(f)
 }
 
@@ -111,7 +119,10 @@ pub fn open_direct(paths: &StdioPaths) -> Result<(ProcessIo, HeldIo)> {
         io.stdin = Some(open_stdin_reader(&paths.stdin)?.into());
         held.stdin = Some(keeper);
     }
-    for (path, slot) in [(&paths.stdout, &mut io.stdout), (&paths.stderr, &mut io.stderr)] {
+    for (path, slot) in [
+        (&paths.stdout, &mut io.stdout),
+        (&paths.stderr, &mut io.stderr),
+    ] {
         if path.is_empty() {
             continue;
         }
@@ -132,11 +143,18 @@ pub struct ConsoleSocket {
 impl ConsoleSocket {
     pub fn new() -> Result<Self> {
         // Bundle paths are too long for a socket address; use a short temp dir.
-        let dir = std::env::temp_dir().join(format!("brisk-pty-{}-{}", std::process::id(), unique()));
-        std::fs::create_dir_all(&dir).map_err(|e| ShimError::io(format!("create {}", dir.display()), e))?;
+        let dir =
+            std::env::temp_dir().join(format!("brisk-pty-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ShimError::io(format!("create {}", dir.display()), e))?;
         let path = dir.join("pty.sock");
-        let listener = UnixListener::bind(&path).map_err(|e| ShimError::io(format!("bind {}", path.display()), e))?;
-        Ok(ConsoleSocket { dir, path, listener })
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| ShimError::io(format!("bind {}", path.display()), e))?;
+        Ok(ConsoleSocket {
+            dir,
+            path,
+            listener,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -159,14 +177,21 @@ impl ConsoleSocket {
                 let mut buf = [0u8; 4096];
                 let mut iov = [std::io::IoSliceMut::new(&mut buf)];
                 let mut cmsg = cmsg_space!([std::os::fd::RawFd; 1]);
-                let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-                    .map_err(std::io::Error::from)?;
+                let msg = recvmsg::<()>(
+                    stream.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                )
+                .map_err(std::io::Error::from)?;
                 for c in msg.cmsgs().map_err(std::io::Error::from)? {
                     if let ControlMessageOwned::ScmRights(fds) = c {
                         if let Some(&fd) = fds.first() {
                             // SAFETY: the kernel just installed this fd in our
                             // table for us (SCM_RIGHTS); nothing else owns it.
-                            return Ok(Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }));
+                            return Ok(Some(unsafe {
+                                <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                            }));
                         }
                     }
                 }
@@ -175,7 +200,9 @@ impl ConsoleSocket {
             match got {
                 Ok(Some(fd)) => return Ok(fd),
                 Ok(None) => {
-                    return Err(ShimError::Other("runc sent no pty master on the console socket".into()))
+                    return Err(ShimError::Other(
+                        "runc sent no pty master on the console socket".into(),
+                    ))
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(ShimError::io("receive pty master", e)),
@@ -200,10 +227,14 @@ fn unique() -> u64 {
 /// duplicate of the master kept for resizing.
 pub fn start_pty_copy(master: OwnedFd, paths: &StdioPaths) -> Result<File> {
     let master = File::from(master);
-    let for_resize = master.try_clone().map_err(|e| ShimError::io("dup pty master", e))?;
+    let for_resize = master
+        .try_clone()
+        .map_err(|e| ShimError::io("dup pty master", e))?;
     if !paths.stdin.is_empty() {
         let mut input = open_stdin_reader(&paths.stdin)?;
-        let mut to_master = master.try_clone().map_err(|e| ShimError::io("dup pty master", e))?;
+        let mut to_master = master
+            .try_clone()
+            .map_err(|e| ShimError::io("dup pty master", e))?;
         std::thread::Builder::new()
             .name("pty-stdin".into())
             .spawn(move || {

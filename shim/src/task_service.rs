@@ -17,8 +17,8 @@ use containerd_shim::{asynchronous::ExitSignal, util::convert_to_timestamp};
 use containerd_shim_protos::{
     api::{self, DeleteResponse, Empty},
     events::task::{
-        TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
-        TaskResumed, TaskStart,
+        TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM,
+        TaskPaused, TaskResumed, TaskStart,
     },
     protobuf::{well_known_types::timestamp::Timestamp, MessageField},
     shim_async::Task,
@@ -37,8 +37,9 @@ use crate::{
     events::EventSink,
     process_state::{Event, ExitInfo, ProcessState},
     reaper::{Exit, Reaper},
-    rootfs,
+    rootfs::{self, MountedRootfs, Unmounter},
     stdio::{self, ConsoleSocket, StdioPaths},
+    volatile,
 };
 
 /// How long Create waits for runc to send a terminal's pty master.
@@ -58,6 +59,7 @@ struct Inner {
     reaper: Reaper,
     events: EventSink,
     exit: Arc<ExitSignal>,
+    unmounter: Unmounter,
 }
 
 fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
@@ -74,7 +76,13 @@ impl Drop for Timed {
 }
 
 impl TaskService {
-    pub fn new(namespace: String, reaper: Reaper, events: EventSink, exit: Arc<ExitSignal>) -> Self {
+    pub fn new(
+        namespace: String,
+        reaper: Reaper,
+        events: EventSink,
+        exit: Arc<ExitSignal>,
+        unmounter: Unmounter,
+    ) -> Self {
         TaskService {
             inner: Arc::new(Inner {
                 namespace,
@@ -82,6 +90,7 @@ impl TaskService {
                 reaper,
                 events,
                 exit,
+                unmounter,
             }),
         }
     }
@@ -106,12 +115,20 @@ impl TaskService {
         {
             let mut g = c.lock().unwrap();
             let id = g.id.clone();
-            let Ok(p) = g.process_mut(exec_id) else { return };
+            let Ok(p) = g.process_mut(exec_id) else {
+                return;
+            };
             if let Err(e) = p.apply(Event::Exit(info)) {
                 debug!(id, exec_id, error = %e, "exit of a process no longer tracked");
                 return;
             }
-            info!(id, exec_id, pid = exit.pid, status = exit.status, "process exited");
+            info!(
+                id,
+                exec_id,
+                pid = exit.pid,
+                status = exit.status,
+                "process exited"
+            );
             if !exec_id.is_empty() {
                 publish.push(exec_id.to_string());
             }
@@ -127,7 +144,11 @@ impl TaskService {
                     topics::TASK_EXIT_EVENT_TOPIC,
                     TaskExit {
                         container_id: id.clone(),
-                        id: if pid.is_empty() { id.clone() } else { pid.clone() },
+                        id: if pid.is_empty() {
+                            id.clone()
+                        } else {
+                            pid.clone()
+                        },
                         pid: pid_num,
                         exit_status: info_of(p).status,
                         exited_at: timestamp(info_of(p).at),
@@ -175,28 +196,40 @@ impl TaskService {
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec_path = bundle.join("config.json");
-        Spec::load(&spec_path).map_err(|e| ShimError::Bundle {
+        let spec = Spec::load(&spec_path).map_err(|e| ShimError::Bundle {
             path: spec_path.clone(),
             reason: format!("invalid or missing config.json: {e}"),
         })?;
         let cfg = RuntimeConfig::from_create_options(&self.inner.namespace, req.options.as_ref())?;
         cfg.save(&bundle)?;
-        let runc = Runc::new(&cfg.runc_binary, &cfg.runc_root, Arc::new(self.inner.reaper.clone()))
-            .with_systemd_cgroup(cfg.systemd_cgroup)
-            .with_timeout(Duration::from_secs(cfg.runc_timeout_secs));
+        let runc = Runc::new(
+            &cfg.runc_binary,
+            &cfg.runc_root,
+            Arc::new(self.inner.reaper.clone()),
+        )
+        .with_systemd_cgroup(cfg.systemd_cgroup)
+        .with_timeout(Duration::from_secs(cfg.runc_timeout_secs));
 
         let rootfs = if req.rootfs.is_empty() {
             None
         } else {
             let target = rootfs::rootfs_of(&bundle);
-            let mounts = req.rootfs.clone();
+            let mut mounts = req.rootfs.clone();
             let t = target.clone();
+            let enable = cfg.volatile && volatile_wanted(&spec);
+            let discard = cfg.discard_dirty_volatile_workdir;
             let started = Instant::now();
-            tokio::task::spawn_blocking(move || rootfs::mount_all(&mounts, &t))
-                .await
-                .map_err(|e| ShimError::Other(format!("mount task: {e}")))??;
-            info!(id, took = ?started.elapsed(), "rootfs mounted");
-            Some(target)
+            let volatile_workdirs = tokio::task::spawn_blocking(move || {
+                let workdirs = volatile::prepare(&mut mounts, enable, discard)?;
+                rootfs::mount_all(&mounts, &t).map(|()| workdirs)
+            })
+            .await
+            .map_err(|e| ShimError::Other(format!("mount task: {e}")))??;
+            info!(id, took = ?started.elapsed(), volatile = !volatile_workdirs.is_empty(), "rootfs mounted");
+            Some(MountedRootfs {
+                target,
+                volatile_workdirs,
+            })
         };
 
         let paths = StdioPaths {
@@ -207,11 +240,13 @@ impl TaskService {
         };
         let mut init = Process::new(id.clone(), paths.clone(), None);
         let since = Instant::now();
-        let result = self.run_create(&runc, &id, &bundle, &cfg, &paths, &mut init).await;
+        let result = self
+            .run_create(&runc, &id, &bundle, &cfg, &paths, &mut init)
+            .await;
         if let Err(e) = result {
             warn!(id, error = %e, "create failed, cleaning up");
-            if let Some(target) = &rootfs {
-                let t = target.clone();
+            if let Some(r) = &rootfs {
+                let t = r.target.clone();
                 let _ = tokio::task::spawn_blocking(move || rootfs::unmount_all(&t)).await;
             }
             if let Err(e) = runc.delete(&id, true).await {
@@ -282,7 +317,8 @@ impl TaskService {
                 tokio::time::timeout(CONSOLE_TIMEOUT, console.receive_master()).await
             });
             created?;
-            let master = master.map_err(|_| ShimError::Other("runc sent no pty master within 30s".into()))??;
+            let master = master
+                .map_err(|_| ShimError::Other("runc sent no pty master within 30s".into()))??;
             init.console = Some(stdio::start_pty_copy(master, paths)?);
         } else {
             let (io, held) = stdio::open_direct(paths)?;
@@ -300,8 +336,17 @@ impl TaskService {
             g.ensure_alive()?;
             let p = g.process(exec_id)?;
             p.state.next(Event::Start, exec_id)?;
-            let spec = p.spec.clone().ok_or_else(|| ShimError::Other("exec has no process spec".into()))?;
-            (g.runc.clone(), g.id.clone(), g.bundle.clone(), spec, p.stdio.clone())
+            let spec = p
+                .spec
+                .clone()
+                .ok_or_else(|| ShimError::Other("exec has no process spec".into()))?;
+            (
+                g.runc.clone(),
+                g.id.clone(),
+                g.bundle.clone(),
+                spec,
+                p.stdio.clone(),
+            )
         };
         let pid_file = bundle.join(format!("{exec_id}.pid"));
         let mut opts = ExecOpts {
@@ -314,11 +359,13 @@ impl TaskService {
         if paths.terminal {
             let console = ConsoleSocket::new()?;
             opts.console_socket = Some(console.path().to_path_buf());
-            let (done, master) = tokio::join!(runc.exec(&id, exec_id, &bundle, &spec, opts), async {
-                tokio::time::timeout(CONSOLE_TIMEOUT, console.receive_master()).await
-            });
+            let (done, master) =
+                tokio::join!(runc.exec(&id, exec_id, &bundle, &spec, opts), async {
+                    tokio::time::timeout(CONSOLE_TIMEOUT, console.receive_master()).await
+                });
             done?;
-            let master = master.map_err(|_| ShimError::Other("runc sent no pty master within 30s".into()))??;
+            let master = master
+                .map_err(|_| ShimError::Other("runc sent no pty master within 30s".into()))??;
             console_file = Some(stdio::start_pty_copy(master, &paths)?);
         } else {
             let (io, h): (ProcessIo, _) = stdio::open_direct(&paths)?;
@@ -354,7 +401,13 @@ impl TaskService {
             let mut g = c.lock().unwrap();
             let was_created = g.init.state == ProcessState::Created;
             g.init.apply(Event::Delete)?;
-            (g.runc.clone(), g.init.pid, info_of(&g.init), g.rootfs.take(), was_created)
+            (
+                g.runc.clone(),
+                g.init.pid,
+                info_of(&g.init),
+                g.rootfs.take(),
+                was_created,
+            )
         };
         info!(id, "deleting container");
         // A created container still has its init blocked in runc; force kills it.
@@ -366,10 +419,9 @@ impl TaskService {
                 runc.delete(id, true).await?;
             }
         }
-        if let Some(target) = rootfs {
-            tokio::task::spawn_blocking(move || rootfs::unmount_all(&target))
-                .await
-                .map_err(|e| ShimError::Other(format!("unmount task: {e}")))??;
+        // The unmount runs detached; Delete does not wait for it.
+        if let Some(r) = rootfs {
+            self.inner.unmounter.spawn(id.to_string(), r);
         }
         self.inner.containers.lock().unwrap().remove(id);
         self.inner.events.send(
@@ -386,6 +438,16 @@ impl TaskService {
         info!(id, status = exit.status, "container deleted");
         Ok(delete_response(pid, exit))
     }
+}
+
+/// False when the pod asked for no volatile rootfs through the annotation.
+fn volatile_wanted(spec: &Spec) -> bool {
+    let off = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(volatile::ANNOTATION))
+        .is_some_and(|v| v.eq_ignore_ascii_case("false"));
+    !off
 }
 
 fn info_of(p: &Process) -> ExitInfo {
@@ -417,7 +479,11 @@ type TtrpcResult<T> = ttrpc::Result<T>;
 
 #[async_trait]
 impl Task for TaskService {
-    async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
         let _t = Timed("create", Instant::now(), req.id.clone());
         info!(id = req.id, bundle = req.bundle, "create");
         let pid = self.create_container(&req).await?;
@@ -427,7 +493,11 @@ impl Task for TaskService {
         })
     }
 
-    async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
         let _t = Timed("start", Instant::now(), req.id.clone());
         let c = self.container(&req.id)?;
         let pid = if req.exec_id.is_empty() {
@@ -473,18 +543,30 @@ impl Task for TaskService {
         })
     }
 
-    async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<DeleteResponse> {
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<DeleteResponse> {
         let _t = Timed("delete", Instant::now(), req.id.clone());
         Ok(self.delete_process(&req.id, &req.exec_id).await?)
     }
 
-    async fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
         let _t = Timed("state", Instant::now(), req.id.clone());
         let c = self.container(&req.id)?;
         let g = c.lock().unwrap();
         let p = g.process(&req.exec_id)?;
         let mut resp = api::StateResponse {
-            id: if req.exec_id.is_empty() { g.id.clone() } else { req.exec_id.clone() },
+            id: if req.exec_id.is_empty() {
+                g.id.clone()
+            } else {
+                req.exec_id.clone()
+            },
             bundle: g.bundle.display().to_string(),
             pid: p.pid as u32,
             stdin: p.stdio.stdin.clone(),
@@ -502,14 +584,19 @@ impl Task for TaskService {
         Ok(resp)
     }
 
-    async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
         let c = self.container(&req.id)?;
         let (runc, execs) = {
             let g = c.lock().unwrap();
             if !g.init.state.is_alive() {
                 return Ok(api::PidsResponse::default());
             }
-            let execs: HashMap<i32, String> = g.execs.values().map(|p| (p.pid, p.id.clone())).collect();
+            let execs: HashMap<i32, String> =
+                g.execs.values().map(|p| (p.pid, p.id.clone())).collect();
             (g.runc.clone(), execs)
         };
         let pids = runc.ps(&req.id).await.map_err(ShimError::from)?;
@@ -576,7 +663,11 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<Empty> {
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<Empty> {
         Err(ShimError::Unimplemented("checkpoint (brisk does not checkpoint containers)").into())
     }
 
@@ -587,17 +678,28 @@ impl Task for TaskService {
             let g = c.lock().unwrap();
             let p = g.process(&req.exec_id)?;
             if !p.state.is_alive() {
-                return Err(ShimError::Exiting(format!("{}: process already finished", req.id)).into());
+                return Err(
+                    ShimError::Exiting(format!("{}: process already finished", req.id)).into(),
+                );
             }
             (g.runc.clone(), p.pid)
         };
-        info!(id = req.id, exec_id = req.exec_id, signal = req.signal, all = req.all, "kill");
+        info!(
+            id = req.id,
+            exec_id = req.exec_id,
+            signal = req.signal,
+            all = req.all,
+            "kill"
+        );
         if req.exec_id.is_empty() {
-            runc.kill(&req.id, req.signal, req.all).await.map_err(ShimError::from)?;
+            runc.kill(&req.id, req.signal, req.all)
+                .await
+                .map_err(ShimError::from)?;
         } else if pid > 0 {
             // An exec is the shim's child until reaped, so its pid cannot be reused.
-            let sig = nix::sys::signal::Signal::try_from(req.signal as i32)
-                .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {}", req.signal)))?;
+            let sig = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|_| {
+                ShimError::InvalidArgument(format!("invalid signal {}", req.signal))
+            })?;
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
                 .map_err(|e| ShimError::io(format!("kill exec {}", req.exec_id), e.into()))?;
         }
@@ -609,13 +711,18 @@ impl Task for TaskService {
         if req.exec_id.is_empty() {
             return Err(ShimError::InvalidArgument("exec id is empty".into()).into());
         }
-        let spec: ProcessSpec = serde_json::from_slice(&req.spec.value)
-            .map_err(|e| ShimError::InvalidArgument(format!("exec {} process spec: {e}", req.exec_id)))?;
+        let spec: ProcessSpec = serde_json::from_slice(&req.spec.value).map_err(|e| {
+            ShimError::InvalidArgument(format!("exec {} process spec: {e}", req.exec_id))
+        })?;
         {
             let mut g = c.lock().unwrap();
             g.ensure_alive()?;
             if g.execs.contains_key(&req.exec_id) {
-                return Err(ShimError::AlreadyExists(format!("exec {} in container {}", req.exec_id, req.id)).into());
+                return Err(ShimError::AlreadyExists(format!(
+                    "exec {} in container {}",
+                    req.exec_id, req.id
+                ))
+                .into());
             }
             let paths = StdioPaths {
                 stdin: req.stdin.clone(),
@@ -623,7 +730,10 @@ impl Task for TaskService {
                 stderr: req.stderr.clone(),
                 terminal: req.terminal,
             };
-            g.execs.insert(req.exec_id.clone(), Process::new(req.exec_id.clone(), paths, Some(spec)));
+            g.execs.insert(
+                req.exec_id.clone(),
+                Process::new(req.exec_id.clone(), paths, Some(spec)),
+            );
         }
         self.inner.events.send(
             topics::TASK_EXEC_ADDED_EVENT_TOPIC,
@@ -636,7 +746,11 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<Empty> {
         let c = self.container(&req.id)?;
         let console = {
             let g = c.lock().unwrap();
@@ -669,13 +783,21 @@ impl Task for TaskService {
             g.ensure_alive()?;
             g.runc.clone()
         };
-        let resources: LinuxResources = serde_json::from_slice(&req.resources.value)
-            .map_err(|e| ShimError::InvalidArgument(format!("update of {}: resources: {e}", req.id)))?;
-        runc.update(&req.id, &resources).await.map_err(ShimError::from)?;
+        let resources: LinuxResources =
+            serde_json::from_slice(&req.resources.value).map_err(|e| {
+                ShimError::InvalidArgument(format!("update of {}: resources: {e}", req.id))
+            })?;
+        runc.update(&req.id, &resources)
+            .await
+            .map_err(ShimError::from)?;
         Ok(Empty::new())
     }
 
-    async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
         let c = self.container(&req.id)?;
         let mut rx = {
             let g = c.lock().unwrap();
@@ -686,7 +808,9 @@ impl Task for TaskService {
                 break exit;
             }
             if rx.changed().await.is_err() {
-                return Err(ShimError::Other(format!("{}: process gone without exit", req.id)).into());
+                return Err(
+                    ShimError::Other(format!("{}: process gone without exit", req.id)).into(),
+                );
             }
         };
         Ok(api::WaitResponse {
@@ -696,7 +820,11 @@ impl Task for TaskService {
         })
     }
 
-    async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
         let c = self.container(&req.id)?;
         let pid = {
             let g = c.lock().unwrap();
@@ -712,8 +840,15 @@ impl Task for TaskService {
         })
     }
 
-    async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = self.container(&req.id).map(|c| c.lock().unwrap().init.pid).unwrap_or(0);
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self
+            .container(&req.id)
+            .map(|c| c.lock().unwrap().init.pid)
+            .unwrap_or(0);
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid: task_pid as u32,
@@ -722,7 +857,11 @@ impl Task for TaskService {
         })
     }
 
-    async fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<Empty> {
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> TtrpcResult<Empty> {
         let remaining = self.inner.containers.lock().unwrap().len();
         if remaining == 0 {
             info!("no containers left, shim exits");
