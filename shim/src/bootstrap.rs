@@ -146,5 +146,29 @@ pub async fn cleanup_dead_shim(
     tokio::task::spawn_blocking(move || rootfs::unmount_all(&target))
         .await
         .map_err(|e| crate::error::ShimError::Other(e.to_string()))??;
+    remove_dead_socket(bundle);
     Ok(())
+}
+
+/// Removes the pod shim's socket when nothing answers on it any more, so a
+/// killed shim leaves nothing in /run/containerd/s/. A live shim (serving the
+/// pod's other containers) keeps its socket.
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let path = address.trim().trim_start_matches("unix://");
+    if path.is_empty() || !Path::new(path).exists() {
+        return;
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => info!(socket = path, "shim socket still served, kept"),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            match std::fs::remove_file(path) {
+                Ok(()) => info!(socket = path, "removed the dead shim's socket"),
+                Err(e) => warn!(socket = path, error = %e, "cannot remove the dead shim's socket"),
+            }
+        }
+        Err(e) => warn!(socket = path, error = %e, "shim socket neither served nor refused, kept"),
+    }
 }

@@ -1,0 +1,885 @@
+//! A private containerd for one test: its own root, state, socket and config
+//! in a temporary directory, with CRI handlers `runc` (stock shim) and `brisk`.
+//! Dropping it tears down everything it created, even after a panic.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cri::{Cri, BUSYBOX_IMAGE, PAUSE_IMAGE};
+use crate::ctr::Ctr;
+use crate::sys;
+
+/// CRI runtime handler names configured in every private containerd.
+pub const RUNC_HANDLER: &str = "runc";
+pub const BRISK_HANDLER: &str = "brisk";
+pub const BRISK_RUNTIME_TYPE: &str = "io.containerd.brisk.v2";
+pub const BRISK_SHIM_NAME: &str = "containerd-shim-brisk-v2";
+/// Where the shims keep runc state, per namespace.
+pub const RUNC_STATE_ROOTS: &[&str] = &["/run/containerd/runc", "/run/containerd/brisk"];
+const TASK_PLUGIN_DIR: &str = "io.containerd.runtime.v2.task";
+const DIR_PREFIX: &str = "brisk-it-";
+
+/// Tests in one binary share host-wide places (/run/containerd/s, runc roots,
+/// the cgroup roots); run one private containerd at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The workspace root (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The brisk shim binary: `$BRISK_SHIM_BIN` or `<workspace>/target/release/containerd-shim-brisk-v2`.
+pub fn brisk_shim_bin() -> PathBuf {
+    match std::env::var_os("BRISK_SHIM_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => workspace_root()
+            .join("target/release")
+            .join(BRISK_SHIM_NAME),
+    }
+}
+
+/// Where the image archives live: `$BRISK_IMAGES_DIR` or `<workspace>/target/images`.
+pub fn images_dir() -> PathBuf {
+    match std::env::var_os("BRISK_IMAGES_DIR") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => workspace_root().join("target/images"),
+    }
+}
+
+/// Build the image archives if they are missing; return (busybox.tar, pause.tar).
+pub fn ensure_images() -> Result<(PathBuf, PathBuf)> {
+    let dir = images_dir();
+    let bb = dir.join("busybox.tar");
+    let pause = dir.join("pause.tar");
+    if !(bb.exists() && pause.exists()) {
+        let script = workspace_root().join("scripts/build-images.sh");
+        let out = sys::run_with_timeout(
+            Command::new("bash").arg(&script).arg(&dir),
+            Duration::from_secs(120),
+        )?;
+        if !out.status.success() {
+            bail!(
+                "{} failed: {}{}",
+                script.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok((bb, pause))
+}
+
+/// Integration tests need root (mounts, cgroups). Returns false, after saying
+/// why, when they cannot run here.
+pub fn integration_enabled() -> bool {
+    if std::env::var_os("BRISK_SKIP_INTEGRATION").is_some() {
+        eprintln!("BRISK_SKIP_INTEGRATION set: skipping");
+        return false;
+    }
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("integration tests need root: skipping");
+        return false;
+    }
+    true
+}
+
+/// Panic unless the brisk shim binary exists.
+pub fn require_brisk() {
+    let p = brisk_shim_bin();
+    assert!(
+        p.is_file(),
+        "brisk shim binary {} is missing: run `cargo build --release -p brisk-shim` or set BRISK_SHIM_BIN",
+        p.display()
+    );
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `options = { ConfigPath = ... }` for the brisk runtime.
+    pub brisk_config: Option<PathBuf>,
+    /// A brisk config file to write into the instance directory (as
+    /// `brisk.toml`, with `{dir}` replaced by that directory) and pass by
+    /// `ConfigPath`. Takes precedence over `brisk_config`.
+    pub brisk_config_toml: Option<String>,
+    /// containerd (and so shim) debug logging; also on with `BRISK_CONTAINERD_DEBUG`.
+    pub debug: bool,
+}
+
+pub struct Containerd {
+    /// Unique name: also the cgroup parent (`/<tag>`) and the ctr namespace.
+    pub tag: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub log_path: PathBuf,
+    pub brisk_bin: PathBuf,
+    child: Option<Child>,
+    cri: Option<Cri>,
+    sockets: Mutex<BTreeSet<PathBuf>>,
+    ids: Mutex<BTreeSet<(String, String)>>,
+    ctr_images: Mutex<bool>,
+    torn_down: bool,
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn containerd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BRISK_CONTAINERD") {
+        return PathBuf::from(p);
+    }
+    let usr = Path::new("/usr/bin/containerd");
+    if usr.exists() {
+        usr.to_path_buf()
+    } else {
+        PathBuf::from("containerd")
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// The config.toml of a private containerd rooted at `dir`.
+pub fn config_toml(dir: &Path, opts: &Options) -> String {
+    let d = |p: &str| toml_str(&dir.join(p).to_string_lossy());
+    let level = if opts.debug || std::env::var_os("BRISK_CONTAINERD_DEBUG").is_some() {
+        "debug"
+    } else {
+        "info"
+    };
+    let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"version = 2
+root = {root}
+state = {state}
+oom_score = 0
+
+[grpc]
+  address = {sock}
+
+[ttrpc]
+  address = {ttrpc}
+
+[debug]
+  level = "{level}"
+
+[metrics]
+  address = ""
+
+[{cri}]
+  sandbox_image = "{PAUSE_IMAGE}"
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  enable_selinux = false
+  stats_collect_period = 1
+
+[{cri}.cni]
+  bin_dir = {cni_bin}
+  conf_dir = {cni_conf}
+
+[{cri}.containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "{RUNC_HANDLER}"
+
+[{cri}.containerd.runtimes.{RUNC_HANDLER}]
+  runtime_type = "io.containerd.runc.v2"
+
+[{cri}.containerd.runtimes.{RUNC_HANDLER}.options]
+  SystemdCgroup = false
+
+[{cri}.containerd.runtimes.{BRISK_HANDLER}]
+  runtime_type = "{BRISK_RUNTIME_TYPE}"
+"#,
+        root = d("root"),
+        state = d("state"),
+        sock = d("containerd.sock"),
+        ttrpc = d("containerd.sock.ttrpc"),
+        cni_bin = d("cni/bin"),
+        cni_conf = d("cni/conf"),
+    );
+    let written = opts
+        .brisk_config_toml
+        .as_ref()
+        .map(|_| dir.join("brisk.toml"));
+    if let Some(cfg) = written.as_ref().or(opts.brisk_config.as_ref()) {
+        let _ = write!(
+            s,
+            "\n[{cri}.containerd.runtimes.{BRISK_HANDLER}.options]\n  ConfigPath = {}\n",
+            toml_str(&cfg.to_string_lossy())
+        );
+    }
+    s
+}
+
+impl Containerd {
+    pub fn start() -> Result<Self> {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(opts: Options) -> Result<Self> {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        sweep_stale();
+        let (bb_tar, pause_tar) = ensure_images()?;
+
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{DIR_PREFIX}{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&tag);
+        if dir.exists() {
+            cleanup_instance(&dir, &tag, &BTreeSet::new(), &BTreeSet::new());
+        }
+        fs::create_dir_all(dir.join("bin"))?;
+        for sub in ["root", "state", "cni/bin", "cni/conf", "pod-logs"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        let brisk_bin = brisk_shim_bin();
+        std::os::unix::fs::symlink(&brisk_bin, dir.join("bin").join(BRISK_SHIM_NAME))?;
+        if let Some(body) = &opts.brisk_config_toml {
+            fs::write(
+                dir.join("brisk.toml"),
+                body.replace("{dir}", &dir.to_string_lossy()),
+            )?;
+        }
+        let config = dir.join("config.toml");
+        fs::write(&config, config_toml(&dir, &opts))?;
+        let socket = dir.join("containerd.sock");
+        let log_path = dir.join("containerd.log");
+
+        let mut me = Containerd {
+            tag,
+            dir: dir.clone(),
+            socket: socket.clone(),
+            log_path: log_path.clone(),
+            brisk_bin,
+            child: None,
+            cri: None,
+            sockets: Mutex::new(BTreeSet::new()),
+            ids: Mutex::new(BTreeSet::new()),
+            ctr_images: Mutex::new(false),
+            torn_down: false,
+            _serial: serial,
+        };
+
+        let log = fs::File::create(&log_path)?;
+        let path = format!(
+            "{}:{}",
+            dir.join("bin").display(),
+            std::env::var("PATH").unwrap_or_else(|_| {
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+            })
+        );
+        let mut cmd = Command::new(containerd_bin());
+        cmd.arg("--config")
+            .arg(&config)
+            .env("PATH", path)
+            .env_remove("CONTAINERD_ADDRESS")
+            .env_remove("CONTAINERD_NAMESPACE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .current_dir(&dir);
+        // SAFETY: prctl in the forked child before exec; async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                Ok(())
+            });
+        }
+        me.child = Some(cmd.spawn().context("spawn containerd")?);
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            if let Some(Ok(Some(st))) = me.child.as_mut().map(|c| c.try_wait()) {
+                bail!(
+                    "containerd exited at startup ({st}):\n{}",
+                    sys::tail_file(&log_path, 40)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "containerd socket did not appear:\n{}",
+                    sys::tail_file(&log_path, 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let cri = Cri::connect(&socket, &me.cgroup_parent(), &dir.join("pod-logs"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match cri.version() {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(
+                        e.context(format!("CRI not ready:\n{}", sys::tail_file(&log_path, 40)))
+                    )
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        me.cri = Some(cri);
+        let k8s = me.ctr_in("k8s.io");
+        k8s.import(&bb_tar)?;
+        k8s.import(&pause_tar)?;
+        me.cri()
+            .wait_images(&[BUSYBOX_IMAGE, PAUSE_IMAGE], Duration::from_secs(30))?;
+        Ok(me)
+    }
+
+    pub fn address(&self) -> String {
+        self.socket.to_string_lossy().into_owned()
+    }
+
+    pub fn cgroup_parent(&self) -> String {
+        format!("/{}", self.tag)
+    }
+
+    pub fn cri(&self) -> &Cri {
+        self.cri.as_ref().expect("CRI client")
+    }
+
+    /// ctr in namespace `ns`.
+    pub fn ctr_in(&self, ns: &str) -> Ctr {
+        Ctr::new(&self.address(), ns)
+    }
+
+    /// ctr in our own namespace (named like the tag), with the images imported.
+    pub fn ctr(&self) -> Result<Ctr> {
+        let c = self.ctr_in(&self.tag);
+        let mut done = self.ctr_images.lock().unwrap_or_else(|e| e.into_inner());
+        if !*done {
+            let (bb, pause) = ensure_images()?;
+            c.import(&bb)?;
+            c.import(&pause)?;
+            *done = true;
+        }
+        Ok(c)
+    }
+
+    /// The cgroup path to give a ctr-run container: `/<tag>/<id>`.
+    pub fn ctr_cgroup(&self, id: &str) -> String {
+        self.track_id(&self.tag.clone(), id);
+        format!("/{}/{}", self.tag, id)
+    }
+
+    /// Remember a (namespace, id) for the runc-state leak check.
+    pub fn track_id(&self, ns: &str, id: &str) {
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((ns.to_string(), id.to_string()));
+    }
+
+    pub fn containerd_pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Long-running shim processes of this containerd (any runtime).
+    pub fn shim_pids(&self) -> Vec<i32> {
+        let pids = sys::shim_daemons(&self.address());
+        self.record_sockets_of(&pids);
+        pids
+    }
+
+    /// Shim processes of this containerd whose executable is the brisk binary.
+    pub fn brisk_shim_pids(&self) -> Vec<i32> {
+        let want = fs::canonicalize(&self.brisk_bin).unwrap_or_else(|_| self.brisk_bin.clone());
+        self.shim_pids()
+            .into_iter()
+            .filter(|&p| sys::exe(p).map(|e| e == want).unwrap_or(false))
+            .collect()
+    }
+
+    /// Shim processes whose executable is the stock runc v2 shim.
+    pub fn runc_shim_pids(&self) -> Vec<i32> {
+        self.shim_pids()
+            .into_iter()
+            .filter(|&p| {
+                sys::exe(p)
+                    .map(|e| {
+                        e.file_name()
+                            .map(|n| n == "containerd-shim-runc-v2")
+                            .unwrap_or(false)
+                    })
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    fn record_sockets_of(&self, pids: &[i32]) {
+        let mut socks = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        for &p in pids {
+            for s in sys::unix_sockets_of(p) {
+                if !s.starts_with(&self.dir) {
+                    socks.insert(s);
+                }
+            }
+        }
+    }
+
+    /// Note the shim sockets in use now (from live shims and from the
+    /// `address` files in the bundles).
+    pub fn refresh_sockets(&self) {
+        let _ = self.shim_pids();
+        let mut socks = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        socks.extend(bundle_socket_addresses(&self.dir));
+        drop(socks);
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.extend(bundle_ids(&self.dir));
+        if let Some(c) = &self.cri {
+            let t = c.tracked();
+            let t = t.lock().unwrap_or_else(|e| e.into_inner());
+            for id in t.pods.iter().chain(t.containers.iter()) {
+                ids.insert(("k8s.io".to_string(), id.clone()));
+            }
+        }
+    }
+
+    pub fn known_sockets(&self) -> BTreeSet<PathBuf> {
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Everything this containerd's pods and shims should have removed and
+    /// that is still there.
+    pub fn leaks(&self) -> Vec<String> {
+        self.refresh_sockets();
+        let mut out = Vec::new();
+        let address = self.address();
+        for pid in sys::processes_with_address(&address) {
+            out.push(format!(
+                "shim process {pid} still running: {:?}",
+                sys::cmdline(pid).unwrap_or_default()
+            ));
+        }
+        let root = self.dir.join("root");
+        let state = self.dir.join("state");
+        for m in sys::mounts() {
+            if m.mount_point.starts_with(&root) || m.mount_point.starts_with(&state) {
+                out.push(format!(
+                    "mount left: {} ({})",
+                    m.mount_point.display(),
+                    m.fs_type
+                ));
+            }
+        }
+        for s in self.known_sockets() {
+            if s.exists() {
+                out.push(format!("shim socket left: {}", s.display()));
+            }
+        }
+        for d in sys::cgroup_dirs(&self.cgroup_parent()) {
+            for c in sys::cgroup_children(&d) {
+                out.push(format!("cgroup left: {}", c.display()));
+            }
+        }
+        for (ns, id) in self.ids.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            for r in RUNC_STATE_ROOTS {
+                let p = Path::new(r).join(ns).join(id);
+                if p.exists() {
+                    out.push(format!("runc state left: {}", p.display()));
+                }
+            }
+            let b = self
+                .dir
+                .join("state")
+                .join(TASK_PLUGIN_DIR)
+                .join(ns)
+                .join(id);
+            if b.exists() {
+                out.push(format!("bundle left: {}", b.display()));
+            }
+        }
+        out
+    }
+
+    /// Wait (up to 15 s) for `leaks()` to be empty; panic with the list and
+    /// the containerd log tail otherwise.
+    pub fn assert_no_leaks(&self) {
+        if let Err(e) = self.wait_no_leaks(Duration::from_secs(15)) {
+            panic!(
+                "{e:#}\n--- containerd log tail ---\n{}",
+                sys::tail_file(&self.log_path, 60)
+            );
+        }
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        sys::tail_file(&self.log_path, n)
+    }
+
+    /// Remove pods and ctr containers, stop containerd, then remove whatever
+    /// is left: shims, processes in our cgroups, mounts, sockets, cgroups, runc
+    /// state, the temporary directory. Returns the problems met.
+    pub fn teardown(&mut self) -> Vec<String> {
+        if self.torn_down {
+            return Vec::new();
+        }
+        self.torn_down = true;
+        let mut errors = Vec::new();
+        self.refresh_sockets();
+        let alive = self
+            .child
+            .as_mut()
+            .map(|c| matches!(c.try_wait(), Ok(None)))
+            .unwrap_or(false);
+        if alive {
+            if let Some(cri) = self.cri.as_mut() {
+                // Do not hang for minutes on a wedged runtime.
+                cri.timeout = Duration::from_secs(20);
+                let mut e = cri.remove_all_pods();
+                errors.append(&mut e);
+            }
+            if *self.ctr_images.lock().unwrap_or_else(|e| e.into_inner()) {
+                errors.extend(self.ctr_in(&self.tag).remove_everything());
+            }
+        }
+        self.refresh_sockets();
+        self.cri = None;
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id() as i32;
+            if matches!(child.try_wait(), Ok(None)) {
+                sys::kill(pid, libc::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        errors.push("containerd ignored SIGTERM for 10 s; SIGKILL".into());
+                        sys::kill(pid, libc::SIGKILL);
+                        let _ = child.wait();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        let sockets = self.known_sockets();
+        let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (_, leftovers) = cleanup_instance_report(&self.dir, &self.tag, &sockets, &ids);
+        errors.extend(leftovers);
+        errors
+    }
+
+    /// Tear down and check that nothing is left; panic otherwise.
+    pub fn finish(self) {
+        if let Err(e) = self.finish_checked() {
+            panic!("{e:#}");
+        }
+    }
+
+    /// Tear down and check that nothing is left.
+    pub fn finish_checked(mut self) -> Result<()> {
+        let errors = self.teardown();
+        for e in errors.iter().filter(|e| e.starts_with("cleaned:")) {
+            eprintln!("teardown {e}");
+        }
+        let mut problems: Vec<String> = errors
+            .into_iter()
+            .filter(|e| !e.starts_with("cleaned:"))
+            .collect();
+        problems.extend(post_teardown_leaks(
+            &self.dir,
+            &self.tag,
+            &self.address(),
+            &self.known_sockets(),
+        ));
+        if !problems.is_empty() {
+            bail!(
+                "teardown problems:\n  {}\n--- containerd log tail ---\n{}",
+                problems.join("\n  "),
+                sys::tail_file(&self.log_path, 60)
+            );
+        }
+        Ok(())
+    }
+
+    /// `leaks()` after waiting up to `timeout` for them to go away.
+    pub fn wait_no_leaks(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let l = self.leaks();
+            if l.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("leaks:\n  {}", l.join("\n  "));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.torn_down {
+            eprintln!(
+                "--- containerd log tail ({}) ---\n{}\n--- end of log ---",
+                self.log_path.display(),
+                sys::tail_file(&self.log_path, 80)
+            );
+        }
+        let errors = self.teardown();
+        for e in errors {
+            eprintln!("teardown: {e}");
+        }
+    }
+}
+
+/// `address` files of the shim bundles below our state dir.
+fn bundle_socket_addresses(dir: &Path) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    let base = dir.join("state").join(TASK_PLUGIN_DIR);
+    if let Ok(nss) = fs::read_dir(&base) {
+        for ns in nss.flatten() {
+            if let Ok(bundles) = fs::read_dir(ns.path()) {
+                for b in bundles.flatten() {
+                    if let Ok(a) = fs::read_to_string(b.path().join("address")) {
+                        if let Some(p) = sys::socket_path_from_address(&a) {
+                            out.insert(p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (namespace, id) of the bundles below our state dir.
+fn bundle_ids(dir: &Path) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let base = dir.join("state").join(TASK_PLUGIN_DIR);
+    if let Ok(nss) = fs::read_dir(&base) {
+        for ns in nss.flatten() {
+            let nsname = ns.file_name().to_string_lossy().into_owned();
+            if let Ok(bundles) = fs::read_dir(ns.path()) {
+                for b in bundles.flatten() {
+                    out.insert((nsname.clone(), b.file_name().to_string_lossy().into_owned()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn cleanup_instance(
+    dir: &Path,
+    tag: &str,
+    sockets: &BTreeSet<PathBuf>,
+    ids: &BTreeSet<(String, String)>,
+) {
+    let (_, errs) = cleanup_instance_report(dir, tag, sockets, ids);
+    for e in errs {
+        eprintln!("cleanup {}: {e}", dir.display());
+    }
+}
+
+/// Remove every trace of the instance in `dir` after its containerd is gone.
+/// Returns (what was cleaned, errors). What had to be cleaned here is
+/// reported as `cleaned: ...` lines: the CRI/ctr path should have done it.
+fn cleanup_instance_report(
+    dir: &Path,
+    tag: &str,
+    sockets: &BTreeSet<PathBuf>,
+    ids: &BTreeSet<(String, String)>,
+) -> (Vec<String>, Vec<String>) {
+    let mut cleaned = Vec::new();
+    let mut errors = Vec::new();
+    let address = dir.join("containerd.sock").to_string_lossy().into_owned();
+    let mut sockets = sockets.clone();
+    sockets.extend(bundle_socket_addresses(dir));
+    let mut ids = ids.clone();
+    ids.extend(bundle_ids(dir));
+
+    // 1. Shims (and transient shim invocations) of our containerd.
+    let shims = sys::processes_with_address(&address);
+    for &p in &shims {
+        for s in sys::unix_sockets_of(p) {
+            if !s.starts_with(dir) {
+                sockets.insert(s);
+            }
+        }
+    }
+    if !shims.is_empty() {
+        cleaned.push(format!("killed shim processes {shims:?}"));
+        for &p in &shims {
+            sys::kill(p, libc::SIGKILL);
+        }
+        if !sys::wait_gone(&shims, Duration::from_secs(10)) {
+            errors.push(format!("shim processes {shims:?} survived SIGKILL"));
+        }
+    }
+    // 2. Processes in our cgroups (containers orphaned by a dead shim).
+    let parent = format!("/{tag}");
+    let mut stray = BTreeSet::new();
+    for d in sys::cgroup_dirs(&parent) {
+        stray.extend(sys::cgroup_tree_pids(&d));
+    }
+    if !stray.is_empty() {
+        cleaned.push(format!("killed processes in our cgroups {stray:?}"));
+    }
+    // 3. Mounts below our directory.
+    let mounted: Vec<_> = sys::mounts_under(dir)
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(dir))
+        .collect();
+    if !mounted.is_empty() {
+        cleaned.push(format!(
+            "unmounted {:?}",
+            mounted
+                .iter()
+                .map(|m| m.mount_point.display().to_string())
+                .collect::<Vec<_>>()
+        ));
+    }
+    // Killing first: an unmount does not stop the processes using the mount.
+    for d in sys::cgroup_dirs(&parent) {
+        for pid in sys::cgroup_tree_pids(&d) {
+            sys::kill(pid, libc::SIGKILL);
+        }
+    }
+    errors.extend(sys::umount_all_under(dir));
+    // 4. Our cgroups (kills again whatever is still inside).
+    errors.extend(sys::destroy_cgroup_tree(&parent, true));
+    // 5. Shim sockets that belonged to our shims.
+    for s in &sockets {
+        if s.starts_with(dir) {
+            continue;
+        }
+        if s.exists() {
+            cleaned.push(format!("removed socket {}", s.display()));
+            if let Err(e) = fs::remove_file(s) {
+                errors.push(format!("rm {}: {e}", s.display()));
+            }
+        }
+    }
+    // 6. runc state of our containers.
+    for (ns, id) in &ids {
+        for r in RUNC_STATE_ROOTS {
+            let p = Path::new(r).join(ns).join(id);
+            if p.exists() {
+                cleaned.push(format!("removed runc state {}", p.display()));
+                if let Err(e) = sys::remove_tree_same_fs(&p) {
+                    errors.push(format!("rm {}: {e:#}", p.display()));
+                }
+            }
+        }
+    }
+    // runc roots of our own ctr namespace.
+    for r in RUNC_STATE_ROOTS {
+        let p = Path::new(r).join(tag);
+        if p.exists() {
+            if let Err(e) = sys::remove_tree_same_fs(&p) {
+                errors.push(format!("rm -r {}: {e:#}", p.display()));
+            }
+        }
+    }
+    // 7. The directory itself.
+    if let Err(e) = sys::remove_tree_same_fs(dir) {
+        errors.push(format!("rm -r {}: {e:#}", dir.display()));
+    }
+    let mut report: Vec<String> = cleaned.iter().map(|c| format!("cleaned: {c}")).collect();
+    report.extend(errors.iter().cloned());
+    (cleaned, report)
+}
+
+/// What is still there after a full teardown.
+fn post_teardown_leaks(
+    dir: &Path,
+    tag: &str,
+    address: &str,
+    sockets: &BTreeSet<PathBuf>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for pid in sys::processes_with_address(address) {
+        out.push(format!("process {pid} with our address still running"));
+    }
+    for m in sys::mounts_under(dir) {
+        out.push(format!(
+            "mount left: {} ({})",
+            m.mount_point.display(),
+            m.fs_type
+        ));
+    }
+    for s in sockets {
+        if s.exists() {
+            out.push(format!("socket left: {}", s.display()));
+        }
+    }
+    for d in sys::cgroup_dirs(&format!("/{tag}")) {
+        out.push(format!("cgroup left: {}", d.display()));
+    }
+    if dir.exists() {
+        out.push(format!("directory left: {}", dir.display()));
+    }
+    for r in RUNC_STATE_ROOTS {
+        let p = Path::new(r).join(tag);
+        if p.exists() {
+            out.push(format!("runc root left: {}", p.display()));
+        }
+    }
+    out
+}
+
+/// Clean up after test processes that died without running their Drop
+/// (SIGKILL, abort): any `<tmp>/brisk-it-<pid>-<n>` whose pid is gone.
+pub fn sweep_stale() {
+    let Ok(rd) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(DIR_PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() as i32 || sys::pid_alive(pid) {
+            continue;
+        }
+        let dir = e.path();
+        // Its containerd, if still running (PDEATHSIG normally took care).
+        let conf = dir.join("config.toml").to_string_lossy().into_owned();
+        for p in sys::all_pids() {
+            if let Some(argv) = sys::cmdline(p) {
+                if argv.iter().any(|a| a == &conf) {
+                    sys::kill(p, libc::SIGKILL);
+                    sys::wait_gone(&[p], Duration::from_secs(5));
+                }
+            }
+        }
+        eprintln!("sweeping stale test instance {}", dir.display());
+        cleanup_instance(&dir, &name, &BTreeSet::new(), &BTreeSet::new());
+    }
+}

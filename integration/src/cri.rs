@@ -1,0 +1,598 @@
+//! A blocking CRI v1 client over containerd's unix socket. Each call runs on a
+//! private tokio runtime with a deadline, so tests and Drop impls can call it
+//! from plain threads.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub use k8s_cri::v1::{ContainerState, ContainerStatus, LinuxContainerResources, PodSandboxState};
+
+pub const BUSYBOX_IMAGE: &str = "localhost/brisk/busybox:latest";
+pub const PAUSE_IMAGE: &str = "localhost/brisk/pause:latest";
+
+/// IDs created through this client, for cleanup and leak checks.
+#[derive(Debug, Default)]
+pub struct Tracked {
+    pub pods: Vec<String>,
+    pub containers: Vec<String>,
+}
+
+/// A pod created by [`Cri::run_pod_sandbox`].
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub id: String,
+    pub name: String,
+    pub handler: String,
+    pub log_directory: PathBuf,
+    pub config: cri::PodSandboxConfig,
+}
+
+/// What a container should run; see [`Cri::create_container`].
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub annotations: HashMap<String, String>,
+    pub envs: Vec<(String, String)>,
+    pub tty: bool,
+    pub stdin: bool,
+    pub resources: Option<LinuxContainerResources>,
+}
+
+impl ContainerSpec {
+    /// A busybox container running `command`.
+    pub fn new(name: &str, command: &[&str]) -> Self {
+        ContainerSpec {
+            name: name.to_string(),
+            image: BUSYBOX_IMAGE.to_string(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: Vec::new(),
+            annotations: HashMap::new(),
+            envs: Vec::new(),
+            tty: false,
+            stdin: false,
+            resources: None,
+        }
+    }
+    /// `sh -c SCRIPT`
+    pub fn sh(name: &str, script: &str) -> Self {
+        Self::new(name, &["sh", "-c", script])
+    }
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    pub fn tty(mut self, tty: bool) -> Self {
+        self.tty = tty;
+        self
+    }
+    pub fn stdin(mut self, stdin: bool) -> Self {
+        self.stdin = stdin;
+        self
+    }
+    pub fn annotation(mut self, k: &str, v: &str) -> Self {
+        self.annotations.insert(k.to_string(), v.to_string());
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.push((k.to_string(), v.to_string()));
+        self
+    }
+    pub fn memory_limit(mut self, bytes: i64) -> Self {
+        let r = self.resources.get_or_insert_with(Default::default);
+        r.memory_limit_in_bytes = bytes;
+        self
+    }
+    pub fn resources(mut self, r: LinuxContainerResources) -> Self {
+        self.resources = Some(r);
+        self
+    }
+}
+
+/// Result of ExecSync.
+#[derive(Debug, Clone)]
+pub struct ExecResult {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+}
+
+impl ExecResult {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+pub struct Cri {
+    rt: tokio::runtime::Runtime,
+    rs: RuntimeServiceClient<Channel>,
+    is: ImageServiceClient<Channel>,
+    tracked: Arc<Mutex<Tracked>>,
+    cgroup_parent: String,
+    log_root: PathBuf,
+    /// Deadline of one CRI call.
+    pub timeout: Duration,
+}
+
+fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
+    anyhow!("CRI {what}: {:?}: {}", s.code(), s.message())
+}
+
+static UID_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn unique_uid() -> String {
+    let n = UID_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}-{:x}-{n}", std::process::id(), t)
+}
+
+impl Cri {
+    /// Connect to the CRI endpoint at `socket`. New pods get `cgroup_parent`
+    /// and a log directory below `log_root`.
+    pub fn connect(socket: &Path, cgroup_parent: &str, log_root: &Path) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let path = socket.to_path_buf();
+        let channel = rt.block_on(async move {
+            Endpoint::try_from("http://[::]:50051")?
+                .connect_timeout(Duration::from_secs(10))
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(
+                            tokio::net::UnixStream::connect(path).await?,
+                        ))
+                    }
+                }))
+                .await
+                .context("connect CRI socket")
+        })?;
+        Ok(Cri {
+            rt,
+            rs: RuntimeServiceClient::new(channel.clone()),
+            is: ImageServiceClient::new(channel),
+            tracked: Arc::new(Mutex::new(Tracked::default())),
+            cgroup_parent: cgroup_parent.to_string(),
+            log_root: log_root.to_path_buf(),
+            timeout: Duration::from_secs(60),
+        })
+    }
+
+    pub fn tracked(&self) -> Arc<Mutex<Tracked>> {
+        self.tracked.clone()
+    }
+
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
+    }
+
+    fn block<T, F>(&self, what: &str, fut: F) -> Result<T>
+    where
+        F: Future<Output = Result<T, tonic::Status>>,
+    {
+        let timeout = self.timeout;
+        self.rt.block_on(async {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r.map_err(|s| status_err(what, s)),
+                Err(_) => Err(anyhow!("CRI {what}: no answer within {timeout:?}")),
+            }
+        })
+    }
+
+    pub fn version(&self) -> Result<cri::VersionResponse> {
+        let mut c = self.rs.clone();
+        self.block("Version", async move {
+            Ok(c.version(cri::VersionRequest {
+                version: "v1".into(),
+            })
+            .await?
+            .into_inner())
+        })
+    }
+
+    /// True when CRI knows the image (by name).
+    pub fn image_present(&self, image: &str) -> Result<bool> {
+        let mut c = self.is.clone();
+        let req = cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        };
+        let r = self.block("ImageStatus", async move {
+            Ok(c.image_status(req).await?.into_inner())
+        })?;
+        Ok(r.image.is_some())
+    }
+
+    /// Wait until CRI knows every image in `images`.
+    pub fn wait_images(&self, images: &[&str], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        for img in images {
+            loop {
+                if self.image_present(img)? {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("CRI does not know image {img} after {timeout:?}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// A pod-sandbox config on host network with our cgroup parent.
+    pub fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        let uid = unique_uid();
+        let log_directory = self.log_root.join(format!("{name}_{uid}"));
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid,
+                namespace: "brisk-test".into(),
+                attempt: 0,
+            }),
+            // Host network means the host UTS namespace: no hostname to set.
+            hostname: String::new(),
+            log_directory: log_directory.to_string_lossy().into_owned(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent.clone(),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Node as i32,
+                        pid: cri::NamespaceMode::Container as i32,
+                        ipc: cri::NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// RunPodSandbox on `handler` ("runc", "brisk", ...).
+    pub fn run_pod_sandbox(&self, handler: &str, name: &str) -> Result<Pod> {
+        let config = self.pod_config(name);
+        self.run_pod_sandbox_with(handler, config)
+    }
+
+    pub fn run_pod_sandbox_with(
+        &self,
+        handler: &str,
+        config: cri::PodSandboxConfig,
+    ) -> Result<Pod> {
+        let log_directory = PathBuf::from(&config.log_directory);
+        std::fs::create_dir_all(&log_directory)?;
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let mut c = self.rs.clone();
+        let req = cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        };
+        let r = self.block("RunPodSandbox", async move {
+            Ok(c.run_pod_sandbox(req).await?.into_inner())
+        })?;
+        self.tracked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pods
+            .push(r.pod_sandbox_id.clone());
+        Ok(Pod {
+            id: r.pod_sandbox_id,
+            name,
+            handler: handler.into(),
+            log_directory,
+            config,
+        })
+    }
+
+    pub fn stop_pod(&self, pod_id: &str) -> Result<()> {
+        let mut c = self.rs.clone();
+        let req = cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.into(),
+        };
+        self.block("StopPodSandbox", async move {
+            Ok(c.stop_pod_sandbox(req).await?.into_inner())
+        })?;
+        Ok(())
+    }
+
+    pub fn remove_pod(&self, pod_id: &str) -> Result<()> {
+        let mut c = self.rs.clone();
+        let req = cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id.into(),
+        };
+        self.block("RemovePodSandbox", async move {
+            Ok(c.remove_pod_sandbox(req).await?.into_inner())
+        })?;
+        Ok(())
+    }
+
+    pub fn pod_status(&self, pod_id: &str) -> Result<cri::PodSandboxStatus> {
+        let mut c = self.rs.clone();
+        let req = cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.into(),
+            verbose: false,
+        };
+        let r = self.block("PodSandboxStatus", async move {
+            Ok(c.pod_sandbox_status(req).await?.into_inner())
+        })?;
+        r.status.ok_or_else(|| anyhow!("PodSandboxStatus: empty"))
+    }
+
+    pub fn list_pods(&self) -> Result<Vec<cri::PodSandbox>> {
+        let mut c = self.rs.clone();
+        let req = cri::ListPodSandboxRequest { filter: None };
+        let r = self.block("ListPodSandbox", async move {
+            Ok(c.list_pod_sandbox(req).await?.into_inner())
+        })?;
+        Ok(r.items)
+    }
+
+    /// CreateContainer in `pod`. The CRI log goes to `<pod log dir>/<name>.log`.
+    pub fn create_container(&self, pod: &Pod, spec: &ContainerSpec) -> Result<String> {
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: spec.name.clone(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: spec.image.clone(),
+                ..Default::default()
+            }),
+            command: spec.command.clone(),
+            args: spec.args.clone(),
+            envs: spec
+                .envs
+                .iter()
+                .map(|(k, v)| cri::KeyValue {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            annotations: spec.annotations.clone(),
+            log_path: format!("{}.log", spec.name),
+            stdin: spec.stdin,
+            tty: spec.tty,
+            linux: Some(cri::LinuxContainerConfig {
+                resources: spec.resources.clone(),
+                // What kubelet sends for a host-network pod: own pid namespace.
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        network: cri::NamespaceMode::Node as i32,
+                        pid: cri::NamespaceMode::Container as i32,
+                        ipc: cri::NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        let mut c = self.rs.clone();
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.config.clone()),
+        };
+        let r = self.block("CreateContainer", async move {
+            Ok(c.create_container(req).await?.into_inner())
+        })?;
+        self.tracked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .containers
+            .push(r.container_id.clone());
+        Ok(r.container_id)
+    }
+
+    pub fn start_container(&self, id: &str) -> Result<()> {
+        let mut c = self.rs.clone();
+        let req = cri::StartContainerRequest {
+            container_id: id.into(),
+        };
+        self.block("StartContainer", async move {
+            Ok(c.start_container(req).await?.into_inner())
+        })?;
+        Ok(())
+    }
+
+    /// Create and start.
+    pub fn run_container(&self, pod: &Pod, spec: &ContainerSpec) -> Result<String> {
+        let id = self.create_container(pod, spec)?;
+        self.start_container(&id)?;
+        Ok(id)
+    }
+
+    /// StopContainer with a grace period of `timeout_s` seconds (0: SIGKILL at once).
+    pub fn stop_container(&self, id: &str, timeout_s: i64) -> Result<()> {
+        let mut c = self.rs.clone();
+        let req = cri::StopContainerRequest {
+            container_id: id.into(),
+            timeout: timeout_s,
+        };
+        self.block("StopContainer", async move {
+            Ok(c.stop_container(req).await?.into_inner())
+        })?;
+        Ok(())
+    }
+
+    pub fn remove_container(&self, id: &str) -> Result<()> {
+        let mut c = self.rs.clone();
+        let req = cri::RemoveContainerRequest {
+            container_id: id.into(),
+        };
+        self.block("RemoveContainer", async move {
+            Ok(c.remove_container(req).await?.into_inner())
+        })?;
+        Ok(())
+    }
+
+    pub fn container_status(&self, id: &str) -> Result<ContainerStatus> {
+        let mut c = self.rs.clone();
+        let req = cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        };
+        let r = self.block("ContainerStatus", async move {
+            Ok(c.container_status(req).await?.into_inner())
+        })?;
+        r.status
+            .ok_or_else(|| anyhow!("ContainerStatus {id}: empty"))
+    }
+
+    /// ListContainers, optionally of one pod.
+    pub fn list_containers(&self, pod_id: Option<&str>) -> Result<Vec<cri::Container>> {
+        let mut c = self.rs.clone();
+        let filter = pod_id.map(|p| cri::ContainerFilter {
+            pod_sandbox_id: p.into(),
+            ..Default::default()
+        });
+        let req = cri::ListContainersRequest { filter };
+        let r = self.block("ListContainers", async move {
+            Ok(c.list_containers(req).await?.into_inner())
+        })?;
+        Ok(r.containers)
+    }
+
+    pub fn exec_sync(&self, id: &str, cmd: &[&str], timeout: Duration) -> Result<ExecResult> {
+        let mut c = self.rs.clone();
+        let req = cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: timeout.as_secs() as i64,
+        };
+        let r = self.block("ExecSync", async move {
+            Ok(c.exec_sync(req).await?.into_inner())
+        })?;
+        Ok(ExecResult {
+            stdout: r.stdout,
+            stderr: r.stderr,
+            exit_code: r.exit_code,
+        })
+    }
+
+    pub fn update_container_resources(
+        &self,
+        id: &str,
+        resources: LinuxContainerResources,
+    ) -> Result<()> {
+        let mut c = self.rs.clone();
+        let req = cri::UpdateContainerResourcesRequest {
+            container_id: id.into(),
+            linux: Some(resources),
+            ..Default::default()
+        };
+        self.block("UpdateContainerResources", async move {
+            Ok(c.update_container_resources(req).await?.into_inner())
+        })?;
+        Ok(())
+    }
+
+    pub fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
+        let mut c = self.rs.clone();
+        let req = cri::ContainerStatsRequest {
+            container_id: id.into(),
+        };
+        let r = self.block("ContainerStats", async move {
+            Ok(c.container_stats(req).await?.into_inner())
+        })?;
+        r.stats.ok_or_else(|| anyhow!("ContainerStats {id}: empty"))
+    }
+
+    /// Poll ContainerStatus until the container is EXITED.
+    pub fn wait_for_exited(&self, id: &str, timeout: Duration) -> Result<ContainerStatus> {
+        self.wait_for_state(id, ContainerState::ContainerExited, timeout)
+    }
+
+    pub fn wait_for_state(
+        &self,
+        id: &str,
+        state: ContainerState,
+        timeout: Duration,
+    ) -> Result<ContainerStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.container_status(id)?;
+            if st.state == state as i32 {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "container {id} not {state:?} after {timeout:?}: state {:?} reason {:?} exit {}",
+                    ContainerState::try_from(st.state).ok(),
+                    st.reason,
+                    st.exit_code
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stop and remove every pod that CRI knows (best effort); returns errors.
+    pub fn remove_all_pods(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut ids: Vec<String> = self
+            .tracked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pods
+            .clone();
+        match self.list_pods() {
+            Ok(pods) => {
+                for p in pods {
+                    if !ids.contains(&p.id) {
+                        ids.push(p.id);
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("list pods: {e:#}")),
+        }
+        for id in ids {
+            if let Err(e) = self.stop_pod(&id) {
+                if !format!("{e:#}").contains("NotFound") {
+                    errors.push(format!("stop pod {id}: {e:#}"));
+                }
+            }
+            if let Err(e) = self.remove_pod(&id) {
+                if !format!("{e:#}").contains("NotFound") {
+                    errors.push(format!("remove pod {id}: {e:#}"));
+                }
+            }
+        }
+        errors
+    }
+}
+
+/// Readable name of a CRI state number.
+pub fn state_name(state: i32) -> String {
+    ContainerState::try_from(state)
+        .map(|s| format!("{s:?}"))
+        .unwrap_or_else(|_| format!("state#{state}"))
+}

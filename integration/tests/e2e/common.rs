@@ -1,0 +1,132 @@
+use std::time::Duration;
+
+use brisk_integration::{Containerd, Options, BRISK_HANDLER};
+
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Start a private containerd for a test, or None when integration tests
+/// cannot run here. For the brisk handler the shim binary must exist.
+pub fn start(handler: &str) -> Option<Containerd> {
+    start_with(handler, Options::default())
+}
+
+pub fn start_with(handler: &str, opts: Options) -> Option<Containerd> {
+    if !brisk_integration::integration_enabled() {
+        return None;
+    }
+    if handler == BRISK_HANDLER {
+        brisk_integration::require_brisk();
+    }
+    Some(Containerd::start_with(opts).expect("start private containerd"))
+}
+
+/// Shim processes serving `handler` pods of this containerd.
+pub fn handler_shims(cd: &Containerd, handler: &str) -> Vec<i32> {
+    if handler == BRISK_HANDLER {
+        cd.brisk_shim_pids()
+    } else {
+        cd.runc_shim_pids()
+    }
+}
+
+/// runtime_type (for `ctr run --runtime`) of a CRI handler name.
+pub fn runtime_type(handler: &str) -> &'static str {
+    if handler == BRISK_HANDLER {
+        brisk_integration::containerd::BRISK_RUNTIME_TYPE
+    } else {
+        "io.containerd.runc.v2"
+    }
+}
+
+/// `ctr run -d` a busybox container in our ctr namespace on `handler`.
+pub fn ctr_run_detached(
+    cd: &Containerd,
+    handler: &str,
+    id: &str,
+    cmd: &[&str],
+) -> brisk_integration::ctr::Ctr {
+    let ctr = cd.ctr().expect("ctr namespace with images");
+    let cgroup = cd.ctr_cgroup(id);
+    let mut args = vec![
+        "run",
+        "-d",
+        "--runtime",
+        runtime_type(handler),
+        "--cgroup",
+        &cgroup,
+        brisk_integration::cri::BUSYBOX_IMAGE,
+        id,
+    ];
+    args.extend_from_slice(cmd);
+    ctr.run(&args).expect("ctr run -d");
+    wait_task_status(&ctr, id, "RUNNING");
+    ctr
+}
+
+pub fn wait_task_status(ctr: &brisk_integration::ctr::Ctr, id: &str, want: &str) {
+    let deadline = std::time::Instant::now() + EXIT_TIMEOUT;
+    loop {
+        let st = ctr.task_status(id).expect("ctr tasks ls");
+        if st.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task {id} not {want}: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kill, delete the task and remove the container of a ctr-run container.
+pub fn ctr_remove(ctr: &brisk_integration::ctr::Ctr, id: &str) {
+    if ctr.task_status(id).expect("ctr tasks ls").as_deref() != Some("STOPPED") {
+        ctr.run(&["tasks", "kill", "-s", "SIGKILL", id])
+            .expect("ctr tasks kill");
+        wait_task_status(ctr, id, "STOPPED");
+    }
+    ctr.run(&["tasks", "rm", id]).expect("ctr tasks rm");
+    ctr.run(&["containers", "rm", id])
+        .expect("ctr containers rm");
+}
+
+/// Wait until `path` contains `needle` (CRI log files are written asynchronously).
+pub fn wait_file_contains(path: &std::path::Path, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = std::fs::read_to_string(path).unwrap_or_default();
+        if s.contains(needle) {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} lacks {needle:?}; has:\n{s}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// For each scenario `fn NAME(handler: &str)`, generate the tests
+/// `runc::NAME` (stock shim, checks the harness) and `brisk::NAME`.
+#[macro_export]
+macro_rules! handler_tests {
+    ($($name:ident),* $(,)?) => {
+        mod runc {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(brisk_integration::RUNC_HANDLER)
+                }
+            )*
+        }
+        mod brisk {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(brisk_integration::BRISK_HANDLER)
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,348 @@
+//! One scenario per shim feature, through CRI or ctr.
+
+use std::time::Duration;
+
+use brisk_integration::cri::{ContainerState, LinuxContainerResources};
+use brisk_integration::{sys, ContainerSpec};
+
+use crate::common::{self, EXIT_TIMEOUT};
+use crate::handler_tests;
+
+handler_tests!(
+    tty,
+    update_resources,
+    container_logs,
+    pause_resume,
+    ctr_exec,
+    ctr_run_rm,
+    ctr_pids,
+    oom_killed
+);
+
+/// A tty container: its stdout is a terminal, ExecSync works.
+fn tty(handler: &str) {
+    let Some(cd) = common::start(handler) else {
+        return;
+    };
+    let cri = cd.cri();
+    let pod = cri.run_pod_sandbox(handler, "tty").expect("pod");
+    let spec = ContainerSpec::sh(
+        "tty",
+        "if [ -t 1 ]; then echo stdout-is-a-tty; fi; exec sleep 1000",
+    )
+    .tty(true)
+    .stdin(true);
+    let id = cri.run_container(&pod, &spec).expect("tty container");
+    let r = cri
+        .exec_sync(&id, &["echo", "via-exec"], Duration::from_secs(10))
+        .expect("ExecSync");
+    assert_eq!(r.exit_code, 0);
+    assert_eq!(r.stdout_str(), "via-exec\n");
+    common::wait_file_contains(&pod.log_directory.join("tty.log"), "stdout-is-a-tty");
+    cri.stop_container(&id, 0).expect("stop");
+    let st = cri.wait_for_exited(&id, EXIT_TIMEOUT).expect("exited");
+    assert_eq!(st.exit_code, 137);
+    cri.stop_pod(&pod.id).expect("stop pod");
+    cri.remove_pod(&pod.id).expect("remove pod");
+    cd.assert_no_leaks();
+    cd.finish();
+}
+
+fn read_cgroup(cd: &brisk_integration::Containerd, id: &str, file: &str) -> String {
+    let p = sys::cgroup_file(&cd.cgroup_parent(), id, file)
+        .unwrap_or_else(|| panic!("cgroup file {file} of {id}"));
+    std::fs::read_to_string(&p)
+        .expect("read cgroup file")
+        .trim()
+        .to_string()
+}
+
+/// UpdateContainerResources on a running container reaches its cgroup.
+fn update_resources(handler: &str) {
+    let Some(cd) = common::start(handler) else {
+        return;
+    };
+    let cri = cd.cri();
+    let pod = cri.run_pod_sandbox(handler, "update").expect("pod");
+    let spec = ContainerSpec::new("upd", &["sleep", "1000"]).memory_limit(64 << 20);
+    let id = cri.run_container(&pod, &spec).expect("container");
+    assert_eq!(
+        read_cgroup(&cd, &id, "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    let res = LinuxContainerResources {
+        cpu_shares: 512,
+        memory_limit_in_bytes: 48 << 20,
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        ..Default::default()
+    };
+    cri.update_container_resources(&id, res)
+        .expect("UpdateContainerResources");
+    assert_eq!(
+        read_cgroup(&cd, &id, "memory.limit_in_bytes"),
+        (48u64 << 20).to_string()
+    );
+    assert_eq!(read_cgroup(&cd, &id, "cpu.shares"), "512");
+    assert_eq!(read_cgroup(&cd, &id, "cpu.cfs_quota_us"), "50000");
+    let st = cri.container_status(&id).expect("status");
+    assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+    // The container still works after the update.
+    let r = cri
+        .exec_sync(&id, &["true"], Duration::from_secs(10))
+        .expect("exec");
+    assert_eq!(r.exit_code, 0);
+    cri.stop_pod(&pod.id).expect("stop pod");
+    cri.remove_pod(&pod.id).expect("remove pod");
+    cd.assert_no_leaks();
+    cd.finish();
+}
+
+/// stdout and stderr of a container end up in its CRI log file.
+fn container_logs(handler: &str) {
+    let Some(cd) = common::start(handler) else {
+        return;
+    };
+    let cri = cd.cri();
+    let pod = cri.run_pod_sandbox(handler, "logs").expect("pod");
+    let spec = ContainerSpec::sh(
+        "logger",
+        "echo out-line-1; echo err-line >&2; echo out-line-2",
+    );
+    let id = cri.run_container(&pod, &spec).expect("container");
+    let st = cri.wait_for_exited(&id, EXIT_TIMEOUT).expect("exited");
+    assert_eq!(st.exit_code, 0);
+    assert!(
+        st.log_path.ends_with("logger.log"),
+        "log_path {}",
+        st.log_path
+    );
+    let log = common::wait_file_contains(&pod.log_directory.join("logger.log"), "out-line-2");
+    // CRI log format: "<time> <stream> <P|F> <text>"
+    let lines: Vec<(String, String)> = log
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.splitn(4, ' ').collect();
+            (f.len() == 4).then(|| (f[1].to_string(), f[3].to_string()))
+        })
+        .collect();
+    assert!(
+        lines.contains(&("stdout".into(), "out-line-1".into())),
+        "{log}"
+    );
+    assert!(
+        lines.contains(&("stderr".into(), "err-line".into())),
+        "{log}"
+    );
+    assert!(
+        lines.contains(&("stdout".into(), "out-line-2".into())),
+        "{log}"
+    );
+    cri.stop_pod(&pod.id).expect("stop pod");
+    cri.remove_pod(&pod.id).expect("remove pod");
+    cd.assert_no_leaks();
+    cd.finish();
+}
+
+/// `ctr task pause/resume` on a CRI container freezes and thaws its cgroup.
+fn pause_resume(handler: &str) {
+    let Some(cd) = common::start(handler) else {
+        return;
+    };
+    let cri = cd.cri();
+    let pod = cri.run_pod_sandbox(handler, "pause").expect("pod");
+    let id = cri
+        .run_container(&pod, &ContainerSpec::new("p", &["sleep", "1000"]))
+        .expect("container");
+    let k8s = cd.ctr_in("k8s.io");
+    k8s.run(&["tasks", "pause", &id]).expect("ctr tasks pause");
+    common::wait_task_status(&k8s, &id, "PAUSED");
+    assert_eq!(read_cgroup(&cd, &id, "freezer.state"), "FROZEN");
+    k8s.run(&["tasks", "resume", &id])
+        .expect("ctr tasks resume");
+    common::wait_task_status(&k8s, &id, "RUNNING");
+    assert_eq!(read_cgroup(&cd, &id, "freezer.state"), "THAWED");
+    let r = cri
+        .exec_sync(&id, &["echo", "alive"], Duration::from_secs(10))
+        .expect("exec after resume");
+    assert_eq!(r.stdout_str(), "alive\n");
+    // Pause again and let pod removal deal with a frozen container.
+    k8s.run(&["tasks", "pause", &id]).expect("ctr tasks pause");
+    common::wait_task_status(&k8s, &id, "PAUSED");
+    k8s.run(&["tasks", "resume", &id])
+        .expect("ctr tasks resume");
+    cri.stop_pod(&pod.id).expect("stop pod");
+    cri.remove_pod(&pod.id).expect("remove pod");
+    cd.assert_no_leaks();
+    cd.finish();
+}
+
+/// `ctr task exec` on a ctr-run container: output and exit codes.
+fn ctr_exec(handler: &str) {
+    let Some(cd) = common::start(handler) else {
+        return;
+    };
+    let ctr = common::ctr_run_detached(&cd, handler, "exec-target", &["sleep", "1000"]);
+    let out = ctr
+        .run(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e1",
+            "exec-target",
+            "sh",
+            "-c",
+            "echo from-exec",
+        ])
+        .expect("ctr tasks exec");
+    assert_eq!(out, "from-exec\n");
+    let o = ctr
+        .output(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e2",
+            "exec-target",
+            "sh",
+            "-c",
+            "exit 5",
+        ])
+        .expect("ctr tasks exec");
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    // The same exec id can be used again once the first is gone.
+    let out = ctr
+        .run(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e1",
+            "exec-target",
+            "echo",
+            "again",
+        ])
+        .expect("exec again");
+    assert_eq!(out, "again\n");
+    // Exec into a CRI container through ctr too.
+    let cri = cd.cri();
+    let pod = cri.run_pod_sandbox(handler, "ctrexec").expect("pod");
+    let id = cri
+        .run_container(&pod, &ContainerSpec::new("x", &["sleep", "1000"]))
+        .expect("container");
+    let out = cd
+        .ctr_in("k8s.io")
+        .run(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "e1",
+            &id,
+            "cat",
+            "/proc/1/cmdline",
+        ])
+        .expect("ctr exec in CRI container");
+    assert_eq!(out, "sleep\u{0}1000\u{0}");
+    common::ctr_remove(&ctr, "exec-target");
+    cri.stop_pod(&pod.id).expect("stop pod");
+    cri.remove_pod(&pod.id).expect("remove pod");
+    cd.assert_no_leaks();
+    cd.finish();
+}
+
+/// `ctr run --rm busybox echo hi` prints hi (the non-CRI path).
+fn ctr_run_rm(handler: &str) {
+    let Some(cd) = common::start(handler) else {
+        return;
+    };
+    let ctr = cd.ctr().expect("ctr");
+    let cgroup = cd.ctr_cgroup("hi");
+    let out = ctr
+        .run(&[
+            "run",
+            "--rm",
+            "--runtime",
+            common::runtime_type(handler),
+            "--cgroup",
+            &cgroup,
+            brisk_integration::cri::BUSYBOX_IMAGE,
+            "hi",
+            "echo",
+            "hi",
+        ])
+        .expect("ctr run --rm");
+    assert_eq!(out, "hi\n");
+    let o = ctr
+        .run_rm(
+            common::runtime_type(handler),
+            Some(&cd.ctr_cgroup("fail")),
+            brisk_integration::cri::BUSYBOX_IMAGE,
+            "fail",
+            &["sh", "-c", "exit 4"],
+        )
+        .expect("ctr run --rm");
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    assert!(ctr.containers().expect("ls").is_empty());
+    cd.assert_no_leaks();
+    cd.finish();
+}
+
+/// `ctr task ps` lists the container's processes.
+fn ctr_pids(handler: &str) {
+    let Some(cd) = common::start(handler) else {
+        return;
+    };
+    let ctr = common::ctr_run_detached(
+        &cd,
+        handler,
+        "ps",
+        &["sh", "-c", "sleep 1000 & sleep 1001 & wait"],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let pids = loop {
+        let pids = ctr.task_pids("ps").expect("ctr tasks ps");
+        if pids.len() >= 3 || std::time::Instant::now() > deadline {
+            break pids;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(pids.len(), 3, "pids {pids:?}");
+    let mut cmds: Vec<String> = pids
+        .iter()
+        .map(|&p| sys::cmdline(p).unwrap_or_default().join(" "))
+        .collect();
+    cmds.sort();
+    assert_eq!(
+        cmds,
+        vec![
+            "sh -c sleep 1000 & sleep 1001 & wait",
+            "sleep 1000",
+            "sleep 1001"
+        ]
+    );
+    common::ctr_remove(&ctr, "ps");
+    cd.assert_no_leaks();
+    cd.finish();
+}
+
+/// A container over its memory limit is reported OOMKilled.
+fn oom_killed(handler: &str) {
+    let Some(cd) = common::start(handler) else {
+        return;
+    };
+    let cri = cd.cri();
+    let pod = cri.run_pod_sandbox(handler, "oom").expect("pod");
+    let spec = ContainerSpec::sh(
+        "oom",
+        "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived ${#x}",
+    )
+    .memory_limit(16 << 20);
+    let id = cri.run_container(&pod, &spec).expect("container");
+    let st = cri
+        .wait_for_exited(&id, Duration::from_secs(60))
+        .expect("exited");
+    assert_eq!(st.reason, "OOMKilled", "status {st:?}");
+    assert_eq!(st.exit_code, 137, "status {st:?}");
+    cri.stop_pod(&pod.id).expect("stop pod");
+    cri.remove_pod(&pod.id).expect("remove pod");
+    cd.assert_no_leaks();
+    cd.finish();
+}

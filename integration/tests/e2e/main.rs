@@ -1,0 +1,11 @@
+//! End-to-end tests of the brisk shim (and, as a check of the harness, the
+//! stock runc shim) through a private containerd. They need root; without it
+//! they say so and pass. One private containerd per test; the harness runs
+//! them one at a time.
+
+mod common;
+mod config;
+mod exiting;
+mod features;
+mod lifecycle;
+mod shim_kill;
