@@ -2,11 +2,18 @@
 //! where its files are. Guarded by a plain mutex that is only ever held for a
 //! few lines and never across an await: runc calls and I/O happen outside.
 
-use std::{collections::HashMap, fs::File, path::PathBuf};
+use std::{
+    collections::HashMap,
+    fs::File,
+    path::PathBuf,
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
+};
 
 use oci_spec::runtime::Process as ProcessSpec;
 use runc_wrapper::Runc;
 use tokio::sync::watch;
+use tracing::warn;
 
 use crate::{
     error::{Result, ShimError},
@@ -116,4 +123,19 @@ impl Container {
     pub fn has_running_execs(&self) -> bool {
         self.execs.values().any(|p| p.state.is_alive() && p.pid > 0)
     }
+}
+
+/// A lock wait longer than this is logged: it should never happen, since
+/// the lock is only held for a few lines.
+const SLOW_LOCK: Duration = Duration::from_millis(100);
+
+/// Takes a container's lock, and logs a warning when the wait was long.
+pub fn lock(c: &Mutex<Container>) -> MutexGuard<'_, Container> {
+    let started = Instant::now();
+    let guard = c.lock().unwrap_or_else(PoisonError::into_inner);
+    let waited = started.elapsed();
+    if waited > SLOW_LOCK {
+        warn!(id = %guard.id, ?waited, "slow container lock wait");
+    }
+    guard
 }

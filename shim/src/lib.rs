@@ -14,6 +14,7 @@ pub mod bootstrap;
 pub mod cgroup_metrics;
 pub mod config;
 pub mod container;
+pub mod doctor;
 pub mod error;
 pub mod events;
 pub mod logging;

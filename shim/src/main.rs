@@ -1,7 +1,7 @@
 //! `containerd-shim-brisk-v2`: the binary containerd runs for runtime type
 //! `io.containerd.brisk.v2`.
 
-use brisk_shim::{bootstrap::BriskShim, logging};
+use brisk_shim::{bootstrap::BriskShim, doctor, logging, volatile};
 use containerd_shim::Config;
 
 const RUNTIME_ID: &str = "io.containerd.brisk.v2";
@@ -13,7 +13,18 @@ fn main() {
         .any(|a| a == "-v" || a == "--version" || a == "-version")
     {
         println!("containerd-shim-brisk-v2 {}", env!("CARGO_PKG_VERSION"));
+        println!("commit: {}", env!("BRISK_GIT_COMMIT"));
+        println!("runtime type: {RUNTIME_ID}, Task API v2");
+        let volatile = if volatile::supported() {
+            "supported"
+        } else {
+            "not supported (or not root)"
+        };
+        println!("overlayfs volatile: {volatile}");
         return;
+    }
+    if args.get(1).map(String::as_str) == Some("doctor") {
+        std::process::exit(doctor::run_all());
     }
     let serving = !args.iter().any(|a| a == "start" || a == "delete");
     if serving {

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 use crate::{
     cgroup_metrics,
     config::RuntimeConfig,
-    container::{Container, Process},
+    container::{self, Container, Process},
     error::{Result, ShimError},
     events::EventSink,
     process_state::{Event, ExitInfo, ProcessState},
@@ -113,7 +113,7 @@ impl TaskService {
         };
         let mut publish = Vec::new();
         {
-            let mut g = c.lock().unwrap();
+            let mut g = container::lock(c);
             let id = g.id.clone();
             let Ok(p) = g.process_mut(exec_id) else {
                 return;
@@ -332,7 +332,7 @@ impl TaskService {
 
     async fn start_exec(&self, c: &Shared<Container>, exec_id: &str) -> Result<i32> {
         let (runc, id, bundle, spec, paths) = {
-            let g = c.lock().unwrap();
+            let g = container::lock(c);
             g.ensure_alive()?;
             let p = g.process(exec_id)?;
             p.state.next(Event::Start, exec_id)?;
@@ -376,7 +376,7 @@ impl TaskService {
         let pid = read_pid(&pid_file).await?;
         let _ = std::fs::remove_file(&pid_file);
         {
-            let mut g = c.lock().unwrap();
+            let mut g = container::lock(c);
             let p = g.process_mut(exec_id)?;
             p.pid = pid;
             p.held = held;
@@ -390,7 +390,7 @@ impl TaskService {
     async fn delete_process(&self, id: &str, exec_id: &str) -> Result<DeleteResponse> {
         let c = self.container(id)?;
         if !exec_id.is_empty() {
-            let mut g = c.lock().unwrap();
+            let mut g = container::lock(&c);
             let p = g.process_mut(exec_id)?;
             p.apply(Event::Delete)?;
             let (pid, exit) = (p.pid, info_of(p));
@@ -398,7 +398,7 @@ impl TaskService {
             return Ok(delete_response(pid, exit));
         }
         let (runc, pid, exit, rootfs, was_created) = {
-            let mut g = c.lock().unwrap();
+            let mut g = container::lock(&c);
             let was_created = g.init.state == ProcessState::Created;
             g.init.apply(Event::Delete)?;
             (
@@ -502,13 +502,13 @@ impl Task for TaskService {
         let c = self.container(&req.id)?;
         let pid = if req.exec_id.is_empty() {
             let (runc, pid) = {
-                let g = c.lock().unwrap();
+                let g = container::lock(&c);
                 g.init.state.next(Event::Start, &req.id)?;
                 (g.runc.clone(), g.init.pid)
             };
             runc.start(&req.id).await.map_err(ShimError::from)?;
             {
-                let mut g = c.lock().unwrap();
+                let mut g = container::lock(&c);
                 // The init may already have exited; then the exit stands.
                 if g.init.state == ProcessState::Created {
                     g.init.apply(Event::Start)?;
@@ -559,7 +559,7 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::StateResponse> {
         let _t = Timed("state", Instant::now(), req.id.clone());
         let c = self.container(&req.id)?;
-        let g = c.lock().unwrap();
+        let g = container::lock(&c);
         let p = g.process(&req.exec_id)?;
         let mut resp = api::StateResponse {
             id: if req.exec_id.is_empty() {
@@ -591,7 +591,7 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::PidsResponse> {
         let c = self.container(&req.id)?;
         let (runc, execs) = {
-            let g = c.lock().unwrap();
+            let g = container::lock(&c);
             if !g.init.state.is_alive() {
                 return Ok(api::PidsResponse::default());
             }
@@ -628,12 +628,12 @@ impl Task for TaskService {
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
         let c = self.container(&req.id)?;
         let runc = {
-            let g = c.lock().unwrap();
+            let g = container::lock(&c);
             g.init.state.next(Event::Pause, &req.id)?;
             g.runc.clone()
         };
         runc.pause(&req.id).await.map_err(ShimError::from)?;
-        let _ = c.lock().unwrap().init.apply(Event::Pause);
+        let _ = container::lock(&c).init.apply(Event::Pause);
         self.inner.events.send(
             topics::TASK_PAUSED_EVENT_TOPIC,
             TaskPaused {
@@ -647,12 +647,12 @@ impl Task for TaskService {
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
         let c = self.container(&req.id)?;
         let runc = {
-            let g = c.lock().unwrap();
+            let g = container::lock(&c);
             g.init.state.next(Event::Resume, &req.id)?;
             g.runc.clone()
         };
         runc.resume(&req.id).await.map_err(ShimError::from)?;
-        let _ = c.lock().unwrap().init.apply(Event::Resume);
+        let _ = container::lock(&c).init.apply(Event::Resume);
         self.inner.events.send(
             topics::TASK_RESUMED_EVENT_TOPIC,
             TaskResumed {
@@ -675,7 +675,7 @@ impl Task for TaskService {
         let _t = Timed("kill", Instant::now(), req.id.clone());
         let c = self.container(&req.id)?;
         let (runc, pid) = {
-            let g = c.lock().unwrap();
+            let g = container::lock(&c);
             let p = g.process(&req.exec_id)?;
             if !p.state.is_alive() {
                 return Err(
@@ -715,7 +715,7 @@ impl Task for TaskService {
             ShimError::InvalidArgument(format!("exec {} process spec: {e}", req.exec_id))
         })?;
         {
-            let mut g = c.lock().unwrap();
+            let mut g = container::lock(&c);
             g.ensure_alive()?;
             if g.execs.contains_key(&req.exec_id) {
                 return Err(ShimError::AlreadyExists(format!(
@@ -753,7 +753,7 @@ impl Task for TaskService {
     ) -> TtrpcResult<Empty> {
         let c = self.container(&req.id)?;
         let console = {
-            let g = c.lock().unwrap();
+            let g = container::lock(&c);
             let p = g.process(&req.exec_id)?;
             p.console
                 .as_ref()
@@ -770,7 +770,7 @@ impl Task for TaskService {
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
         let c = self.container(&req.id)?;
-        let mut g = c.lock().unwrap();
+        let mut g = container::lock(&c);
         g.process_mut(&req.exec_id)?.held.close_stdin();
         Ok(Empty::new())
     }
@@ -779,7 +779,7 @@ impl Task for TaskService {
         let _t = Timed("update", Instant::now(), req.id.clone());
         let c = self.container(&req.id)?;
         let runc = {
-            let g = c.lock().unwrap();
+            let g = container::lock(&c);
             g.ensure_alive()?;
             g.runc.clone()
         };
@@ -800,7 +800,7 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::WaitResponse> {
         let c = self.container(&req.id)?;
         let mut rx = {
-            let g = c.lock().unwrap();
+            let g = container::lock(&c);
             g.process(&req.exec_id)?.subscribe_exit()
         };
         let exit = loop {
@@ -827,7 +827,7 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::StatsResponse> {
         let c = self.container(&req.id)?;
         let pid = {
-            let g = c.lock().unwrap();
+            let g = container::lock(&c);
             g.ensure_alive()?;
             g.init.pid
         };
@@ -847,7 +847,7 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::ConnectResponse> {
         let task_pid = self
             .container(&req.id)
-            .map(|c| c.lock().unwrap().init.pid)
+            .map(|c| container::lock(&c).init.pid)
             .unwrap_or(0);
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
