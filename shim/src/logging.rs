@@ -11,17 +11,20 @@ use tracing::{
     Event, Level, Subscriber,
 };
 use tracing_subscriber::{
+    filter::LevelFilter,
     fmt::{format::Writer, FmtContext, FormatEvent, FormatFields},
     registry::LookupSpan,
-    EnvFilter,
 };
 
 /// Installs the subscriber. `debug` is the `-debug` flag containerd passes.
 pub fn init(debug: bool) {
-    let level = if debug { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_env("BRISK_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let level = if debug {
+        LevelFilter::DEBUG
+    } else {
+        LevelFilter::INFO
+    };
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_ansi(false)
         .event_format(Logfmt);
     // containerd opens the reading end before it starts the shim.
