@@ -135,7 +135,7 @@ impl Runc {
                 Invocation::default(),
             )
             .await?;
-        decode("state", &out)
+        parse_state(&out)
     }
 
     /// `runc kill`; `all` signals every process of the container.
@@ -219,7 +219,7 @@ impl Runc {
     pub async fn ps(&self, id: &str) -> Result<Vec<i32>> {
         let args = vec!["ps".into(), "--format".into(), "json".into(), id.into()];
         let out = self.run("ps", args, Invocation::default()).await?;
-        decode::<Option<Vec<i32>>>("ps", &out).map(Option::unwrap_or_default)
+        parse_ps(&out)
     }
 
     pub async fn pause(&self, id: &str) -> Result<()> {
@@ -234,15 +234,7 @@ impl Runc {
     pub async fn stats(&self, id: &str) -> Result<Stats> {
         let args = vec!["events".into(), "--stats".into(), id.into()];
         let out = self.run("events", args, Invocation::default()).await?;
-        let event: types::Event = decode("events", &out)?;
-        match event.data {
-            Some(stats) if event.kind == "stats" => Ok(stats),
-            _ => Err(RuncError::Failed {
-                command: "events".into(),
-                status: 0,
-                message: format!("expected a stats event, got {:?}", event.kind),
-            }),
-        }
+        parse_stats_event(&out)
     }
 
     async fn simple(&self, command: &'static str, rest: &[&str]) -> Result<()> {
@@ -399,6 +391,29 @@ async fn read_all(pipe: Option<tokio::net::unix::pipe::Receiver>) -> std::io::Re
         p.read_to_end(&mut buf).await?;
     }
     Ok(buf)
+}
+
+/// Decodes the output of `runc state`.
+pub fn parse_state(out: &[u8]) -> Result<ContainerState> {
+    decode("state", out)
+}
+
+/// Decodes the output of `runc ps --format json` (`null` means no process).
+pub fn parse_ps(out: &[u8]) -> Result<Vec<i32>> {
+    decode::<Option<Vec<i32>>>("ps", out).map(Option::unwrap_or_default)
+}
+
+/// Decodes one record of `runc events --stats`.
+pub fn parse_stats_event(out: &[u8]) -> Result<Stats> {
+    let event: types::Event = decode("events", out)?;
+    match event.data {
+        Some(stats) if event.kind == "stats" => Ok(stats),
+        _ => Err(RuncError::Failed {
+            command: "events".into(),
+            status: 0,
+            message: format!("expected a stats event, got {:?}", event.kind),
+        }),
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(command: &str, out: &[u8]) -> Result<T> {

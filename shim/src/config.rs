@@ -20,6 +20,9 @@ use crate::error::{Result, ShimError};
 /// `/run/containerd/runc`, so the two never see each other's containers.
 pub const DEFAULT_RUNC_ROOT: &str = "/run/containerd/brisk";
 
+/// brisk.toml is a handful of keys; anything this big is not one.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// The operator's `brisk.toml`. Every key is optional; unknown keys are an
 /// error so a typo does not silently fall back to a default.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -49,10 +52,19 @@ impl FileConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ShimError::Config {
+        let err = |reason: String| ShimError::Config {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        // A FIFO or device here would block or never end; refuse it up front.
+        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(err("not a regular file".into()));
+        }
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(err(format!("larger than {MAX_CONFIG_BYTES} bytes")));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         Self::parse(&text, path)
     }
 }
@@ -304,6 +316,13 @@ mod tests {
         );
         let err = RuntimeConfig::from_create_options("ns", Some(&a)).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/brisk.toml"));
+    }
+
+    #[test]
+    fn config_path_must_be_a_regular_file() {
+        let a = any("runtimeoptions.v1.Options", encode("/dev/zero", ""));
+        let err = RuntimeConfig::from_create_options("ns", Some(&a)).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,170 @@
+//! `brisk-ctl`: install brisk on a node, swap it in on a canary node, roll
+//! back, and show which pods run under which shim.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use brisk_shim::canary::{CtlError, Node, BRISK_RUNTIME_TYPE};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "brisk-ctl",
+    version,
+    about = "Install, enable and roll back the brisk containerd shim"
+)]
+struct Cli {
+    /// containerd's config file.
+    #[arg(long, default_value = "/etc/containerd/config.toml")]
+    config: PathBuf,
+    /// brisk's own settings, written by `enable` when missing.
+    #[arg(long, default_value = "/etc/containerd/brisk.toml")]
+    brisk_toml: PathBuf,
+    /// Where the shim binary goes; must be on containerd's PATH.
+    #[arg(long, default_value = "/usr/local/bin")]
+    bin_dir: PathBuf,
+    /// containerd's socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    address: PathBuf,
+    /// How to restart containerd.
+    #[arg(long, default_value = "systemctl restart containerd")]
+    restart_cmd: String,
+    #[arg(long, default_value = "containerd")]
+    containerd: PathBuf,
+    #[arg(long, default_value = "ctr")]
+    ctr: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the shim binary (default: the one next to brisk-ctl).
+    Install {
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
+    /// Back up containerd's config, register brisk, validate, restart
+    /// containerd and probe; rolls back by itself if the probe fails.
+    Enable {
+        /// Make brisk the runtime of the default `runc` handler instead of
+        /// adding a `brisk` handler.
+        #[arg(long)]
+        canary: bool,
+        /// Image of the probe container (default: CRI's sandbox image).
+        #[arg(long)]
+        probe_image: Option<String>,
+        #[arg(long, default_value = "k8s.io")]
+        namespace: String,
+    },
+    /// Restore the config saved by `enable` and restart containerd.
+    Rollback,
+    /// Which containers run under which runtime.
+    Status,
+    /// Remove the shim binary; refuses while any task uses it.
+    Uninstall,
+}
+
+fn sandbox_image(node: &Node) -> Option<String> {
+    let out = std::process::Command::new(&node.containerd)
+        .arg("--config")
+        .arg(&node.config)
+        .args(["config", "dump"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.trim_start().starts_with("sandbox_image"))
+        .and_then(|l| l.split('"').nth(1))
+        .map(String::from)
+}
+
+fn run(cli: Cli) -> Result<(), CtlError> {
+    let node = Node {
+        config: cli.config,
+        brisk_toml: cli.brisk_toml,
+        bin_dir: cli.bin_dir,
+        address: cli.address,
+        restart_cmd: cli.restart_cmd,
+        containerd: cli.containerd,
+        ctr: cli.ctr,
+    };
+    match cli.command {
+        Cmd::Install { from } => {
+            let from = match from {
+                Some(f) => f,
+                None => std::env::current_exe()
+                    .map_err(|e| CtlError::Command(e.to_string()))?
+                    .with_file_name("containerd-shim-brisk-v2"),
+            };
+            let dest = node.install(&from)?;
+            println!("installed {}", dest.display());
+        }
+        Cmd::Enable {
+            canary,
+            probe_image,
+            namespace,
+        } => {
+            let edit = node.write_enabled_config(canary)?;
+            println!(
+                "config: handler {:?} now uses {BRISK_RUNTIME_TYPE} (backup {}); carried into {}: {:?}",
+                edit.handler,
+                node.backup_path().display(),
+                node.brisk_toml.display(),
+                edit.carried
+            );
+            let took = node.restart()?;
+            println!("containerd restarted in {took:?}");
+            let image = probe_image
+                .or_else(|| sandbox_image(&node))
+                .ok_or_else(|| CtlError::Command("no probe image: pass --probe-image".into()))?;
+            match node.probe(&namespace, &image) {
+                Ok(took) => {
+                    println!("probe: a container of {image} ran under brisk ({took:?})\nenabled")
+                }
+                Err(e) => {
+                    eprintln!("probe failed: {e}; rolling back");
+                    node.restore_config()?;
+                    node.restart()?;
+                    return Err(CtlError::Command(
+                        "enable rolled back after a failed probe".into(),
+                    ));
+                }
+            }
+        }
+        Cmd::Rollback => {
+            node.restore_config()?;
+            let took = node.restart()?;
+            println!("config restored, containerd restarted in {took:?}; running brisk tasks keep their shim until they end");
+        }
+        Cmd::Status => {
+            println!(
+                "{:<12} {:<66} {:<24} TASK",
+                "NAMESPACE", "CONTAINER", "RUNTIME"
+            );
+            for r in node.status()? {
+                println!(
+                    "{:<12} {:<66} {:<24} {}",
+                    r.namespace,
+                    r.id,
+                    r.runtime,
+                    r.task.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        Cmd::Uninstall => {
+            node.uninstall()?;
+            println!("removed {}", node.shim_path().display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("brisk-ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
