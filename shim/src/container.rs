@@ -36,6 +36,8 @@ pub struct Process {
     pub console: Option<File>,
     /// The exec's process spec, until Start runs it.
     pub spec: Option<ProcessSpec>,
+    /// Start is running runc; an exit seen meanwhile is published after TaskStart.
+    pub start_pending: bool,
     exited: watch::Sender<Option<ExitInfo>>,
 }
 
@@ -49,6 +51,7 @@ impl Process {
             held: HeldIo::default(),
             console: None,
             spec,
+            start_pending: false,
             exited: watch::channel(None).0,
         }
     }

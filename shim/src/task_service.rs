@@ -111,51 +111,53 @@ impl TaskService {
             status: exit.status as u32,
             at: exit.at,
         };
-        let mut publish = Vec::new();
-        {
-            let mut g = container::lock(c);
-            let id = g.id.clone();
-            let Ok(p) = g.process_mut(exec_id) else {
-                return;
+        let mut g = container::lock(c);
+        let id = g.id.clone();
+        let Ok(p) = g.process_mut(exec_id) else {
+            return;
+        };
+        if let Err(e) = p.apply(Event::Exit(info)) {
+            debug!(id, exec_id, error = %e, "exit of a process no longer tracked");
+            return;
+        }
+        info!(
+            id,
+            exec_id,
+            pid = exit.pid,
+            status = exit.status,
+            "process exited"
+        );
+        self.publish_exits(&mut g);
+    }
+
+    /// Publishes the TaskExit of every process whose exit may be told now:
+    /// execs at once; the init only once its TaskStart is out and its execs
+    /// are gone (as the stock shim does). Called with the container locked,
+    /// so each exit is published exactly once.
+    fn publish_exits(&self, g: &mut Container) {
+        let init_ready = !g.init.start_pending && !g.has_running_execs();
+        let id = g.id.clone();
+        let execs = g.execs.values_mut().map(|p| (p, false));
+        let init = std::iter::once((&mut g.init, true));
+        for (p, is_init) in execs.chain(init) {
+            let ProcessState::Exiting(exit) = p.state else {
+                continue;
             };
-            if let Err(e) = p.apply(Event::Exit(info)) {
-                debug!(id, exec_id, error = %e, "exit of a process no longer tracked");
-                return;
+            if is_init && !init_ready {
+                continue;
             }
-            info!(
-                id,
-                exec_id,
-                pid = exit.pid,
-                status = exit.status,
-                "process exited"
+            let _ = p.apply(Event::ExitPublished);
+            self.inner.events.send(
+                topics::TASK_EXIT_EVENT_TOPIC,
+                TaskExit {
+                    container_id: id.clone(),
+                    id: p.id.clone(),
+                    pid: p.pid as u32,
+                    exit_status: exit.status,
+                    exited_at: timestamp(exit.at),
+                    ..Default::default()
+                },
             );
-            if !exec_id.is_empty() {
-                publish.push(exec_id.to_string());
-            }
-            // The init's exit is reported once its execs are gone too.
-            if matches!(g.init.state, ProcessState::Exiting(_)) && !g.has_running_execs() {
-                publish.push(String::new());
-            }
-            for pid in &publish {
-                let p = g.process_mut(pid).expect("process just seen");
-                let pid_num = p.pid as u32;
-                let _ = p.apply(Event::ExitPublished);
-                self.inner.events.send(
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    TaskExit {
-                        container_id: id.clone(),
-                        id: if pid.is_empty() {
-                            id.clone()
-                        } else {
-                            pid.clone()
-                        },
-                        pid: pid_num,
-                        exit_status: info_of(p).status,
-                        exited_at: timestamp(info_of(p).at),
-                        ..Default::default()
-                    },
-                );
-            }
         }
     }
 
@@ -502,17 +504,22 @@ impl Task for TaskService {
         let c = self.container(&req.id)?;
         let pid = if req.exec_id.is_empty() {
             let (runc, pid) = {
-                let g = container::lock(&c);
+                let mut g = container::lock(&c);
                 g.init.state.next(Event::Start, &req.id)?;
+                // An exit seen before TaskStart is out waits for it.
+                g.init.start_pending = true;
                 (g.runc.clone(), g.init.pid)
             };
-            runc.start(&req.id).await.map_err(ShimError::from)?;
-            {
-                let mut g = container::lock(&c);
-                // The init may already have exited; then the exit stands.
-                if g.init.state == ProcessState::Created {
-                    g.init.apply(Event::Start)?;
-                }
+            let started = runc.start(&req.id).await;
+            let mut g = container::lock(&c);
+            g.init.start_pending = false;
+            if let Err(e) = started {
+                self.publish_exits(&mut g);
+                return Err(ShimError::from(e).into());
+            }
+            // The init may already have exited; then the exit stands.
+            if g.init.state == ProcessState::Created {
+                g.init.apply(Event::Start)?;
             }
             self.inner.events.send(
                 topics::TASK_START_EVENT_TOPIC,
@@ -522,6 +529,8 @@ impl Task for TaskService {
                     ..Default::default()
                 },
             );
+            self.publish_exits(&mut g);
+            drop(g);
             pid
         } else {
             let pid = self.start_exec(&c, &req.exec_id).await?;
