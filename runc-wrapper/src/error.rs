@@ -61,4 +61,18 @@ impl RuncError {
     }
 }
 
+impl RuncError {
+    /// True when runc found the container stopped, e.g. because it exited
+    /// while the call was on its way.
+    pub fn is_not_running(&self) -> bool {
+        match self {
+            RuncError::Failed { message, .. } => {
+                let m = message.to_ascii_lowercase();
+                m.contains("not running") || m.contains("container is stopped")
+            }
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, RuncError>;

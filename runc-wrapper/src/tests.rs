@@ -99,3 +99,15 @@ not json
     );
     assert_eq!(parse_log_errors(""), None);
 }
+
+#[tokio::test]
+async fn stopped_container_is_recognised() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runc(
+        dir.path(),
+        "echo 'time=\"t\" level=error msg=\"container not running\"' >&2; exit 1",
+    );
+    let err = r.update("c", &LinuxResources::default()).await.unwrap_err();
+    assert!(err.is_not_running(), "{err}");
+    assert!(!err.is_not_found());
+}

@@ -26,7 +26,7 @@ use containerd_shim_protos::{
     ttrpc::{self, r#async::TtrpcContext},
 };
 use oci_spec::runtime::{LinuxResources, Process as ProcessSpec, Spec};
-use runc_wrapper::{CreateOpts, ExecOpts, ProcessIo, Runc};
+use runc_wrapper::{CreateOpts, ExecOpts, ProcessIo, Runc, RuncError};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -158,6 +158,19 @@ impl TaskService {
                     ..Default::default()
                 },
             );
+        }
+    }
+
+    /// A runc call on a container failed. If the container exited while
+    /// runc ran, that is the answer: the task is exiting (NotFound), never an
+    /// unknown error that CRI would turn into an Unknown container.
+    fn runc_failed(&self, c: &Shared<Container>, id: &str, err: RuncError) -> ShimError {
+        let exited = !container::lock(c).init.state.is_alive() || err.is_not_running();
+        if exited {
+            debug!(id, error = %err, "runc call raced with the container's exit");
+            ShimError::Exiting(id.to_string())
+        } else {
+            ShimError::Runc(err)
         }
     }
 
@@ -608,7 +621,14 @@ impl Task for TaskService {
                 g.execs.values().map(|p| (p.pid, p.id.clone())).collect();
             (g.runc.clone(), execs)
         };
-        let pids = runc.ps(&req.id).await.map_err(ShimError::from)?;
+        let pids = match runc.ps(&req.id).await {
+            Ok(pids) => pids,
+            Err(e) => match self.runc_failed(&c, &req.id, e) {
+                // It exited while runc looked: no processes, as for a stopped task.
+                ShimError::Exiting(_) => return Ok(api::PidsResponse::default()),
+                other => return Err(other.into()),
+            },
+        };
         let processes = pids
             .into_iter()
             .map(|pid| {
@@ -641,7 +661,9 @@ impl Task for TaskService {
             g.init.state.next(Event::Pause, &req.id)?;
             g.runc.clone()
         };
-        runc.pause(&req.id).await.map_err(ShimError::from)?;
+        runc.pause(&req.id)
+            .await
+            .map_err(|e| self.runc_failed(&c, &req.id, e))?;
         let _ = container::lock(&c).init.apply(Event::Pause);
         self.inner.events.send(
             topics::TASK_PAUSED_EVENT_TOPIC,
@@ -660,7 +682,9 @@ impl Task for TaskService {
             g.init.state.next(Event::Resume, &req.id)?;
             g.runc.clone()
         };
-        runc.resume(&req.id).await.map_err(ShimError::from)?;
+        runc.resume(&req.id)
+            .await
+            .map_err(|e| self.runc_failed(&c, &req.id, e))?;
         let _ = container::lock(&c).init.apply(Event::Resume);
         self.inner.events.send(
             topics::TASK_RESUMED_EVENT_TOPIC,
@@ -703,7 +727,7 @@ impl Task for TaskService {
         if req.exec_id.is_empty() {
             runc.kill(&req.id, req.signal, req.all)
                 .await
-                .map_err(ShimError::from)?;
+                .map_err(|e| self.runc_failed(&c, &req.id, e))?;
         } else if pid > 0 {
             // An exec is the shim's child until reaped, so its pid cannot be reused.
             let sig = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|_| {
@@ -798,7 +822,7 @@ impl Task for TaskService {
             })?;
         runc.update(&req.id, &resources)
             .await
-            .map_err(ShimError::from)?;
+            .map_err(|e| self.runc_failed(&c, &req.id, e))?;
         Ok(Empty::new())
     }
 
