@@ -158,9 +158,10 @@ fn filesystem_known(fs_type: &str) -> bool {
 /// may have unmounted it first. Blocking.
 pub fn unmount_all(target: &Path) -> Result<Duration> {
     let started = Instant::now();
+    let mut unmounted = 0;
     loop {
         match nix::mount::umount2(target, MntFlags::MNT_DETACH) {
-            Ok(()) => continue,
+            Ok(()) => unmounted += 1,
             Err(Errno::EINVAL) | Err(Errno::ENOENT) => break,
             Err(Errno::EINTR) | Err(Errno::EBUSY) => {
                 std::thread::sleep(Duration::from_millis(50));
@@ -180,7 +181,10 @@ pub fn unmount_all(target: &Path) -> Result<Duration> {
         }
     }
     let took = started.elapsed();
-    if took > SLOW_UMOUNT {
+    if unmounted == 0 {
+        // containerd's bundle cleanup got there first: nothing was ours to do.
+        info!(target = %target.display(), ?took, "rootfs already unmounted");
+    } else if took > SLOW_UMOUNT {
         warn!(target = %target.display(), ?took, "slow rootfs unmount");
     } else {
         info!(target = %target.display(), ?took, "rootfs unmounted");
