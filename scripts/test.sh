@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: `sudo ./scripts/test.sh [extra cargo test args]`.
+# Without extra args it also builds and checks the .deb (scripts/test-deb.sh)
+# and runs the containerd/runc compatibility matrix (scripts/test-matrix.sh).
 # Installs what is missing, builds the test images and the workspace, runs the
 # unit and integration tests (integration tests need root), and checks that
 # no test instance was left behind.
@@ -12,9 +14,33 @@ fi
 echo "== cargo build --release --workspace"
 cargo build --release --workspace
 
+# The containerd/runc releases of the compatibility matrix (cached in
+# target/containerd-versions); tests/deploy.rs loads the config snippets
+# into each. BRISK_SKIP_MATRIX=1 skips fetching them and the matrix.
+matrix=1
+[[ $(id -u) -eq 0 && -z ${BRISK_SKIP_MATRIX:-} && -z ${BRISK_SKIP_INTEGRATION:-} ]] || matrix=0
+if ((matrix)); then
+    echo "== scripts/fetch-containerd-versions.sh"
+    export BRISK_CONTAINERD_VERSIONS_DIR=${BRISK_CONTAINERD_VERSIONS_DIR:-$ROOT/target/containerd-versions}
+    "$ROOT/scripts/fetch-containerd-versions.sh" "$BRISK_CONTAINERD_VERSIONS_DIR"
+    export BRISK_REQUIRE_CONTAINERD_VERSIONS=1
+fi
+
 echo "== cargo test --workspace --release"
 status=0
 cargo test --workspace --release --no-fail-fast "$@" || status=$?
+
+# With extra arguments (a filtered run) only the suite runs.
+if (($# == 0)) && [[ $(id -u) -eq 0 && -z ${BRISK_SKIP_INTEGRATION:-} ]]; then
+    if [[ -z ${BRISK_SKIP_DEB:-} ]]; then
+        echo "== scripts/test-deb.sh (build, dpkg -i, check, dpkg --purge)"
+        "$ROOT/scripts/test-deb.sh" || status=1
+    fi
+    if ((matrix)); then
+        echo "== scripts/test-matrix.sh --skip-default (containerd 1.6/1.7/2.1 x runc 1.1/1.3)"
+        "$ROOT/scripts/test-matrix.sh" --skip-default || status=1
+    fi
+fi
 
 left=$(leftover_instances)
 if [[ -n $left ]]; then

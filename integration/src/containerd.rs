@@ -115,6 +115,16 @@ pub struct Options {
     pub brisk_config_toml: Option<String>,
     /// containerd (and so shim) debug logging; also on with `BRISK_CONTAINERD_DEBUG`.
     pub debug: bool,
+    /// The containerd binary; default `$BRISK_CONTAINERD_BIN` (or
+    /// `$BRISK_CONTAINERD`), else `/usr/bin/containerd`. Its directory, which
+    /// holds the `ctr` and `containerd-shim-runc-v2` of the same release,
+    /// goes on containerd's PATH right after the brisk shim's, and its `ctr`
+    /// drives it. containerd 2.x gets a config of version 3.
+    pub containerd_bin: Option<PathBuf>,
+    /// The runc both shims run; default `$BRISK_RUNC_BIN`, else `runc` on
+    /// PATH. Linked as `runc` into the directory at the front of
+    /// containerd's PATH (the shims inherit containerd's PATH).
+    pub runc_bin: Option<PathBuf>,
 }
 
 pub struct Containerd {
@@ -124,6 +134,11 @@ pub struct Containerd {
     pub socket: PathBuf,
     pub log_path: PathBuf,
     pub brisk_bin: PathBuf,
+    /// The containerd binary run, and its (major, minor, patch).
+    pub containerd_bin: PathBuf,
+    pub containerd_version: (u32, u32, u32),
+    /// The `ctr` of the same release.
+    pub ctr_bin: PathBuf,
     child: Option<Child>,
     cri: Option<Cri>,
     sockets: Mutex<BTreeSet<PathBuf>>,
@@ -134,8 +149,11 @@ pub struct Containerd {
 }
 
 fn containerd_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BRISK_CONTAINERD") {
-        return PathBuf::from(p);
+    for var in ["BRISK_CONTAINERD_BIN", "BRISK_CONTAINERD"] {
+        match std::env::var_os(var) {
+            Some(p) if !p.is_empty() => return PathBuf::from(p),
+            _ => {}
+        }
     }
     let usr = Path::new("/usr/bin/containerd");
     if usr.exists() {
@@ -143,6 +161,157 @@ fn containerd_bin() -> PathBuf {
     } else {
         PathBuf::from("containerd")
     }
+}
+
+/// The containerd binary of `opts`: [`Options::containerd_bin`], else the
+/// environment's, else Debian's.
+pub fn selected_containerd_bin(opts: &Options) -> PathBuf {
+    opts.containerd_bin.clone().unwrap_or_else(containerd_bin)
+}
+
+/// The runc binary of `opts`: [`Options::runc_bin`], else `$BRISK_RUNC_BIN`;
+/// None means `runc` on PATH.
+pub fn selected_runc_bin(opts: &Options) -> Option<PathBuf> {
+    opts.runc_bin
+        .clone()
+        .or_else(|| match std::env::var_os("BRISK_RUNC_BIN") {
+            Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+            _ => None,
+        })
+}
+
+/// The `ctr` released with `containerd`: the one next to it, else `ctr` on PATH.
+pub fn ctr_next_to(containerd: &Path) -> PathBuf {
+    containerd
+        .parent()
+        .map(|d| d.join("ctr"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("ctr"))
+}
+
+/// (major, minor, patch) from `containerd --version`, e.g.
+/// `containerd github.com/containerd/containerd/v2 2.1.9+unknown` or
+/// `containerd containerd.io 1.6.20~ds1 1.6.20~ds1-1+b1`.
+pub fn containerd_version(bin: &Path) -> Result<(u32, u32, u32)> {
+    let out = sys::run_with_timeout(Command::new(bin).arg("--version"), Duration::from_secs(20))
+        .with_context(|| format!("{} --version", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_containerd_version(&text)
+        .with_context(|| format!("no version in `{} --version`: {text:?}", bin.display()))
+}
+
+/// The first `X.Y.Z` (optionally `vX.Y.Z`) word after the program name.
+pub fn parse_containerd_version(text: &str) -> Option<(u32, u32, u32)> {
+    text.split_whitespace().skip(1).find_map(|w| {
+        let w = w.strip_prefix('v').unwrap_or(w);
+        let mut it = w.splitn(3, '.');
+        let major = it.next()?.parse().ok()?;
+        let minor = it.next()?.parse().ok()?;
+        let rest = it.next()?;
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        Some((major, minor, digits.parse().ok()?))
+    })
+}
+
+/// The config of a private containerd of release `major`: version 3 for
+/// containerd 2.x ([`config_toml_v3`]), version 2 before ([`config_toml`]).
+pub fn config_toml_for(dir: &Path, opts: &Options, major: u32) -> String {
+    if major >= 2 {
+        config_toml_v3(dir, opts)
+    } else {
+        config_toml(dir, opts)
+    }
+}
+
+/// [`config_toml`] in config version 3, for containerd 2.x: the same
+/// settings, where 2.x keeps them (CRI is split into
+/// `io.containerd.cri.v1.images` and `io.containerd.cri.v1.runtime`; the
+/// sandbox image is a pinned image). Keep the two in step. NRI, on by
+/// default in 2.x with a host-wide socket, is off, and the `opt` plugin
+/// lives in the instance directory.
+pub fn config_toml_v3(dir: &Path, opts: &Options) -> String {
+    let d = |p: &str| toml_str(&dir.join(p).to_string_lossy());
+    let level = if opts.debug || std::env::var_os("BRISK_CONTAINERD_DEBUG").is_some() {
+        "debug"
+    } else {
+        "info"
+    };
+    let images = "plugins.\"io.containerd.cri.v1.images\"";
+    let rt = "plugins.\"io.containerd.cri.v1.runtime\"";
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"version = 3
+root = {root}
+state = {state}
+oom_score = 0
+
+[grpc]
+  address = {sock}
+
+[ttrpc]
+  address = {ttrpc}
+
+[debug]
+  level = "{level}"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = {opt}
+
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+
+[{images}]
+  snapshotter = "overlayfs"
+  stats_collect_period = 1
+
+[{images}.pinned_images]
+  sandbox = "{PAUSE_IMAGE}"
+
+[{rt}]
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  enable_selinux = false
+
+[{rt}.cni]
+  bin_dirs = [{cni_bin}]
+  conf_dir = {cni_conf}
+
+[{rt}.containerd]
+  default_runtime_name = "{RUNC_HANDLER}"
+
+[{rt}.containerd.runtimes.{RUNC_HANDLER}]
+  runtime_type = "io.containerd.runc.v2"
+
+[{rt}.containerd.runtimes.{RUNC_HANDLER}.options]
+  SystemdCgroup = false
+
+[{rt}.containerd.runtimes.{BRISK_HANDLER}]
+  runtime_type = "{BRISK_RUNTIME_TYPE}"
+"#,
+        root = d("root"),
+        state = d("state"),
+        sock = d("containerd.sock"),
+        ttrpc = d("containerd.sock.ttrpc"),
+        opt = d("opt"),
+        cni_bin = d("cni/bin"),
+        cni_conf = d("cni/conf"),
+    );
+    let written = opts
+        .brisk_config_toml
+        .as_ref()
+        .map(|_| dir.join("brisk.toml"));
+    if let Some(cfg) = written.as_ref().or(opts.brisk_config.as_ref()) {
+        let _ = write!(
+            s,
+            "\n[{rt}.containerd.runtimes.{BRISK_HANDLER}.options]\n  ConfigPath = {}\n",
+            toml_str(&cfg.to_string_lossy())
+        );
+    }
+    s
 }
 
 fn toml_str(s: &str) -> String {
@@ -261,17 +430,25 @@ impl Containerd {
                 body.replace("{dir}", &dir.to_string_lossy()),
             )?;
         }
+        let containerd_bin = selected_containerd_bin(&opts);
+        let containerd_version = containerd_version(&containerd_bin)?;
+        if let Some(runc) = selected_runc_bin(&opts) {
+            std::os::unix::fs::symlink(&runc, dir.join("bin").join("runc"))?;
+        }
         let config = dir.join("config.toml");
-        fs::write(&config, config_toml(&dir, &opts))?;
+        fs::write(&config, config_toml_for(&dir, &opts, containerd_version.0))?;
         let socket = dir.join("containerd.sock");
         let log_path = dir.join("containerd.log");
 
         let mut me = Containerd {
             tag,
             dir: dir.clone(),
-            socket: socket.clone(),
+            socket,
             log_path: log_path.clone(),
             brisk_bin,
+            ctr_bin: ctr_next_to(&containerd_bin),
+            containerd_bin,
+            containerd_version,
             child: None,
             cri: None,
             sockets: Mutex::new(BTreeSet::new()),
@@ -281,24 +458,50 @@ impl Containerd {
             _serial: serial,
         };
 
-        let log = fs::File::create(&log_path)?;
-        let path = format!(
-            "{}:{}",
-            dir.join("bin").display(),
-            std::env::var("PATH").unwrap_or_else(|_| {
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
-            })
-        );
-        let mut cmd = Command::new(containerd_bin());
+        fs::File::create(&log_path)?;
+        me.launch()?;
+        let k8s = me.ctr_in("k8s.io");
+        k8s.import(&bb_tar)?;
+        k8s.import(&pause_tar)?;
+        me.cri()
+            .wait_images(&[BUSYBOX_IMAGE, PAUSE_IMAGE], Duration::from_secs(30))?;
+        Ok(me)
+    }
+
+    /// Spawn containerd with our config (appending to its log), wait for
+    /// its socket and for CRI to answer, and connect a CRI client. The CRI
+    /// client's record of created pods and containers carries over.
+    fn launch(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let inherited = std::env::var("PATH").unwrap_or_else(|_| {
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+        });
+        // The shims of containerd's own release come next, unless already there.
+        let release = match self.containerd_bin.parent() {
+            Some(d)
+                if !d.as_os_str().is_empty()
+                    && !inherited.split(':').any(|p| Path::new(p) == d) =>
+            {
+                format!("{}:", d.display())
+            }
+            _ => String::new(),
+        };
+        let path = format!("{}:{release}{inherited}", self.dir.join("bin").display());
+        // A socket file left by an earlier run would pass for readiness.
+        let _ = fs::remove_file(&self.socket);
+        let mut cmd = Command::new(&self.containerd_bin);
         cmd.arg("--config")
-            .arg(&config)
+            .arg(self.dir.join("config.toml"))
             .env("PATH", path)
             .env_remove("CONTAINERD_ADDRESS")
             .env_remove("CONTAINERD_NAMESPACE")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .current_dir(&dir);
+            .current_dir(&self.dir);
         // SAFETY: prctl in the forked child before exec; async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
@@ -312,11 +515,12 @@ impl Containerd {
                 Ok(())
             });
         }
-        me.child = Some(cmd.spawn().context("spawn containerd")?);
+        self.child = Some(cmd.spawn().context("spawn containerd")?);
+        let (socket, log_path) = (self.socket.clone(), self.log_path.clone());
 
         let deadline = Instant::now() + Duration::from_secs(30);
         while !socket.exists() {
-            if let Some(Ok(Some(st))) = me.child.as_mut().map(|c| c.try_wait()) {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
                 bail!(
                     "containerd exited at startup ({st}):\n{}",
                     sys::tail_file(&log_path, 40)
@@ -330,7 +534,7 @@ impl Containerd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let cri = Cri::connect(&socket, &me.cgroup_parent(), &dir.join("pod-logs"))?;
+        let cri = Cri::connect(&socket, &self.cgroup_parent(), &self.dir.join("pod-logs"))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match cri.version() {
@@ -343,13 +547,63 @@ impl Containerd {
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
-        me.cri = Some(cri);
-        let k8s = me.ctr_in("k8s.io");
-        k8s.import(&bb_tar)?;
-        k8s.import(&pause_tar)?;
-        me.cri()
-            .wait_images(&[BUSYBOX_IMAGE, PAUSE_IMAGE], Duration::from_secs(30))?;
-        Ok(me)
+        if let Some(old) = self.cri.take() {
+            let carried =
+                std::mem::take(&mut *old.tracked().lock().unwrap_or_else(|e| e.into_inner()));
+            *cri.tracked().lock().unwrap_or_else(|e| e.into_inner()) = carried;
+        }
+        self.cri = Some(cri);
+        Ok(())
+    }
+
+    /// Stop containerd (SIGTERM to its pid, SIGKILL after 10 s) and leave its
+    /// shims, root and state alone, as a node's containerd restart does.
+    /// [`Containerd::start_again`] brings it back.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            bail!("containerd is not running");
+        };
+        let pid = child.id() as i32;
+        if matches!(child.try_wait(), Ok(None)) {
+            sys::kill(pid, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    sys::kill(pid, libc::SIGKILL);
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Start containerd again after [`Containerd::stop`], with the same root,
+    /// state, socket and config.
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("containerd is still running");
+        }
+        self.launch()
+    }
+
+    /// Restart containerd: [`Containerd::stop`], then [`Containerd::start_again`].
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.start_again()
+    }
+
+    /// Remember a shim socket (e.g. of a shim a test started itself) for
+    /// the leak checks and the teardown.
+    pub fn track_socket(&self, path: &Path) {
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_path_buf());
     }
 
     pub fn address(&self) -> String {
@@ -366,7 +620,9 @@ impl Containerd {
 
     /// ctr in namespace `ns`.
     pub fn ctr_in(&self, ns: &str) -> Ctr {
-        Ctr::new(&self.address(), ns)
+        let mut c = Ctr::new(&self.address(), ns);
+        c.bin = self.ctr_bin.clone();
+        c
     }
 
     /// ctr in our own namespace (named like the tag), with the images imported.

@@ -9,14 +9,29 @@ use crate::sys;
 
 #[derive(Debug, Clone)]
 pub struct Ctr {
+    /// The ctr binary: `$BRISK_CTR_BIN`, else the `ctr` next to
+    /// `$BRISK_CONTAINERD_BIN`, else `ctr` on PATH.
+    pub bin: std::path::PathBuf,
     pub address: String,
     pub namespace: String,
     pub timeout: Duration,
 }
 
+fn default_ctr_bin() -> std::path::PathBuf {
+    let env = |v: &str| std::env::var_os(v).filter(|p| !p.is_empty());
+    if let Some(p) = env("BRISK_CTR_BIN") {
+        return p.into();
+    }
+    if let Some(c) = env("BRISK_CONTAINERD_BIN").or_else(|| env("BRISK_CONTAINERD")) {
+        return crate::containerd::ctr_next_to(std::path::Path::new(&c));
+    }
+    "ctr".into()
+}
+
 impl Ctr {
     pub fn new(address: &str, namespace: &str) -> Self {
         Ctr {
+            bin: default_ctr_bin(),
             address: address.into(),
             namespace: namespace.into(),
             timeout: Duration::from_secs(60),
@@ -25,7 +40,7 @@ impl Ctr {
 
     /// `ctr -a ADDR -n NS ARGS...` (not run).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ctr");
+        let mut c = Command::new(&self.bin);
         c.arg("-a")
             .arg(&self.address)
             .arg("-n")

@@ -5,6 +5,10 @@
 pub mod containerd;
 pub mod cri;
 pub mod ctr;
+pub mod fault;
+pub mod pressure;
+pub mod scenario;
+pub mod soak;
 pub mod sys;
 
 pub use containerd::{

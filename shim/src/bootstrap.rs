@@ -40,6 +40,8 @@ pub struct BriskShim {
     bundle: PathBuf,
     exit: Arc<ExitSignal>,
     unmounter: Unmounter,
+    /// The socket this shim serves (empty for `start` and `delete`).
+    socket: String,
 }
 
 /// How long a shim that was told to exit waits for detached unmounts.
@@ -69,6 +71,7 @@ impl Shim for BriskShim {
             bundle,
             exit: Arc::new(ExitSignal::default()),
             unmounter: Unmounter::default(),
+            socket: args.socket.clone(),
         }
     }
 
@@ -103,6 +106,16 @@ impl Shim for BriskShim {
             let left = self.unmounter.wait_idle(UNMOUNT_GRACE).await;
             if left > 0 {
                 warn!(left, "exiting with rootfs unmounts still running; containerd's cleanup unmounts them");
+            }
+        }
+        // Remove the socket now, by the path we were started with: the
+        // bundle holding the `address` file may already be gone.
+        let path = self.socket.trim_start_matches("unix://");
+        if !path.is_empty() {
+            match std::fs::remove_file(path) {
+                Ok(()) => info!(socket = path, "shim socket removed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(socket = path, error = %e, "cannot remove shim socket"),
             }
         }
     }

@@ -47,7 +47,12 @@ impl FileConfig {
     pub fn parse(text: &str, origin: &Path) -> Result<Self> {
         toml::from_str(text).map_err(|e| ShimError::Config {
             path: origin.to_path_buf(),
-            reason: e.message().to_string(),
+            // The full text names the key and the line, not just the problem.
+            reason: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         })
     }
 

@@ -2,10 +2,11 @@
 //! on `bundle/rootfs`, and taking them down again.
 
 use std::{
+    collections::HashSet,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -31,8 +32,12 @@ pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
         reason: format!("create mount point: {e}"),
     })?;
     for m in mounts {
-        check_mount(m, target)?;
-        mount_one(m, target)?;
+        let done = check_mount(m, target).and_then(|()| mount_one(m, target));
+        if let Err(e) = done {
+            // Leave nothing of a half-done rootfs behind.
+            let _ = unmount_all(target);
+            return Err(e);
+        }
     }
     Ok(())
 }
@@ -205,6 +210,8 @@ pub struct MountedRootfs {
 #[derive(Debug, Default, Clone)]
 pub struct Unmounter {
     pending: Arc<(AtomicUsize, Notify)>,
+    /// Targets and volatile workdirs of the unmounts still running.
+    busy_paths: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl Unmounter {
@@ -214,6 +221,14 @@ impl Unmounter {
     pub fn spawn(&self, id: String, rootfs: MountedRootfs) {
         self.pending.0.fetch_add(1, Ordering::SeqCst);
         let pending = self.pending.clone();
+        let paths: Vec<PathBuf> = std::iter::once(rootfs.target.clone())
+            .chain(rootfs.volatile_workdirs.iter().cloned())
+            .collect();
+        self.busy_paths
+            .lock()
+            .unwrap()
+            .extend(paths.iter().cloned());
+        let busy_paths = self.busy_paths.clone();
         tokio::task::spawn_blocking(move || {
             let mut attempt = 1;
             loop {
@@ -233,10 +248,35 @@ impl Unmounter {
                     }
                 }
             }
-            if pending.0.fetch_sub(1, Ordering::SeqCst) == 1 {
-                pending.1.notify_waiters();
+            {
+                let mut busy = busy_paths.lock().unwrap();
+                for p in &paths {
+                    busy.remove(p);
+                }
             }
+            pending.0.fetch_sub(1, Ordering::SeqCst);
+            pending.1.notify_waiters();
         });
+    }
+
+    /// Waits (within `bound`) until no running unmount touches `paths`: a
+    /// new container on the same bundle or snapshot must not be detached by,
+    /// or refused because of, the previous one's cleanup. True when free.
+    pub async fn wait_paths_free(&self, paths: &[PathBuf], bound: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let notified = self.pending.1.notified();
+            let busy = {
+                let set = self.busy_paths.lock().unwrap();
+                paths.iter().any(|p| set.contains(p))
+            };
+            if !busy {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
     }
 
     pub fn pending(&self) -> usize {

@@ -6,9 +6,12 @@
 //! state, and never blocks the pod's other containers.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -60,6 +63,29 @@ struct Inner {
     events: EventSink,
     exit: Arc<ExitSignal>,
     unmounter: Unmounter,
+    /// Ids whose Create is running.
+    creating: Mutex<HashSet<String>>,
+    /// Calls that talk to runc, running now.
+    in_flight: AtomicUsize,
+}
+
+struct Reservation {
+    inner: Arc<Inner>,
+    id: String,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.inner.creating.lock().unwrap().remove(&self.id);
+    }
+}
+
+struct Busy(Arc<Inner>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
@@ -91,8 +117,32 @@ impl TaskService {
                 events,
                 exit,
                 unmounter,
+                creating: Mutex::new(HashSet::new()),
+                in_flight: AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// Claims `id` for a Create until it returns, so two Creates of one id
+    /// cannot both reach runc (the loser's cleanup would kill the winner).
+    /// While any Create runs, the shim does not exit.
+    fn reserve(&self, id: &str) -> Result<Reservation> {
+        let containers = self.inner.containers.lock().unwrap();
+        let mut creating = self.inner.creating.lock().unwrap();
+        if containers.contains_key(id) || !creating.insert(id.to_string()) {
+            return Err(ShimError::AlreadyExists(format!("container {id}")));
+        }
+        Ok(Reservation {
+            inner: self.inner.clone(),
+            id: id.to_string(),
+        })
+    }
+
+    /// Marks a call that talks to runc as running; the shim does not exit
+    /// under it (containerd would see the connection close mid-call).
+    fn busy(&self) -> Busy {
+        self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
+        Busy(self.inner.clone())
     }
 
     fn container(&self, id: &str) -> Result<Shared<Container>> {
@@ -203,9 +253,7 @@ impl TaskService {
         if id.is_empty() {
             return Err(ShimError::InvalidArgument("container id is empty".into()));
         }
-        if self.inner.containers.lock().unwrap().contains_key(&id) {
-            return Err(ShimError::AlreadyExists(format!("container {id}")));
-        }
+        let _reserved = self.reserve(&id)?;
         if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
             return Err(ShimError::Unimplemented("restoring from a checkpoint"));
         }
@@ -230,13 +278,41 @@ impl TaskService {
         } else {
             let target = rootfs::rootfs_of(&bundle);
             let mut mounts = req.rootfs.clone();
+            // The previous container of this bundle or snapshot may still be
+            // unmounting; its worker must be done before we mount there.
+            let mut paths = vec![target.clone()];
+            paths.extend(
+                mounts
+                    .iter()
+                    .flat_map(|m| &m.options)
+                    .filter_map(|o| o.strip_prefix("workdir="))
+                    .map(PathBuf::from),
+            );
+            if !self
+                .inner
+                .unmounter
+                .wait_paths_free(&paths, Duration::from_secs(60))
+                .await
+            {
+                warn!(
+                    id,
+                    "a previous unmount of this rootfs is still running after 60s"
+                );
+            }
             let t = target.clone();
             let enable = cfg.volatile && volatile_wanted(&spec);
             let discard = cfg.discard_dirty_volatile_workdir;
             let started = Instant::now();
             let volatile_workdirs = tokio::task::spawn_blocking(move || {
                 let workdirs = volatile::prepare(&mut mounts, enable, discard)?;
-                rootfs::mount_all(&mounts, &t).map(|()| workdirs)
+                match rootfs::mount_all(&mounts, &t) {
+                    Ok(()) => Ok(workdirs),
+                    Err(e) => {
+                        // mount_all unmounted what it had mounted: clean.
+                        volatile::clear_markers(&workdirs);
+                        Err(e)
+                    }
+                }
             })
             .await
             .map_err(|e| ShimError::Other(format!("mount task: {e}")))??;
@@ -260,12 +336,16 @@ impl TaskService {
             .await;
         if let Err(e) = result {
             warn!(id, error = %e, "create failed, cleaning up");
-            if let Some(r) = &rootfs {
-                let t = r.target.clone();
-                let _ = tokio::task::spawn_blocking(move || rootfs::unmount_all(&t)).await;
-            }
             if let Err(e) = runc.delete(&id, true).await {
                 debug!(id, error = %e, "runc delete after failed create");
+            }
+            if let Some(r) = rootfs {
+                let _ = tokio::task::spawn_blocking(move || {
+                    if rootfs::unmount_all(&r.target).is_ok() {
+                        volatile::clear_markers(&r.volatile_workdirs);
+                    }
+                })
+                .await;
             }
             return Err(e);
         }
@@ -513,6 +593,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
+        let _busy = self.busy();
         let _t = Timed("start", Instant::now(), req.id.clone());
         let c = self.container(&req.id)?;
         let pid = if req.exec_id.is_empty() {
@@ -570,6 +651,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<DeleteResponse> {
+        let _busy = self.busy();
         let _t = Timed("delete", Instant::now(), req.id.clone());
         Ok(self.delete_process(&req.id, &req.exec_id).await?)
     }
@@ -611,6 +693,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
+        let _busy = self.busy();
         let c = self.container(&req.id)?;
         let (runc, execs) = {
             let g = container::lock(&c);
@@ -655,6 +738,7 @@ impl Task for TaskService {
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
+        let _busy = self.busy();
         let c = self.container(&req.id)?;
         let runc = {
             let g = container::lock(&c);
@@ -676,6 +760,7 @@ impl Task for TaskService {
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
+        let _busy = self.busy();
         let c = self.container(&req.id)?;
         let runc = {
             let g = container::lock(&c);
@@ -705,6 +790,7 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
+        let _busy = self.busy();
         let _t = Timed("kill", Instant::now(), req.id.clone());
         let c = self.container(&req.id)?;
         let (runc, pid) = {
@@ -740,6 +826,7 @@ impl Task for TaskService {
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
+        let _busy = self.busy();
         let c = self.container(&req.id)?;
         if req.exec_id.is_empty() {
             return Err(ShimError::InvalidArgument("exec id is empty".into()).into());
@@ -809,6 +896,7 @@ impl Task for TaskService {
     }
 
     async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let _busy = self.busy();
         let _t = Timed("update", Instant::now(), req.id.clone());
         let c = self.container(&req.id)?;
         let runc = {
@@ -896,12 +984,35 @@ impl Task for TaskService {
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<Empty> {
         let remaining = self.inner.containers.lock().unwrap().len();
-        if remaining == 0 {
-            info!("no containers left, shim exits");
-            self.inner.exit.signal();
-        } else {
+        if remaining > 0 {
             debug!(remaining, "shutdown ignored while containers remain");
+            return Ok(Empty::new());
         }
+        // Exit once pending unmounts and running calls are done, and only if
+        // no new container arrived meanwhile: the socket stays served until
+        // then, so a new task of this pod may still land here.
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            if inner.unmounter.wait_idle(Duration::from_secs(60)).await > 0 {
+                warn!("exiting with rootfs unmounts still running; containerd's cleanup unmounts them");
+            }
+            for _ in 0..100 {
+                if inner.in_flight.load(Ordering::SeqCst) == 0
+                    && inner.creating.lock().unwrap().is_empty()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if inner.containers.lock().unwrap().is_empty()
+                && inner.creating.lock().unwrap().is_empty()
+            {
+                info!("no containers left, shim exits");
+                inner.exit.signal();
+            } else {
+                info!("a new container arrived while shutting down; shim stays");
+            }
+        });
         Ok(Empty::new())
     }
 }

@@ -1,13 +1,19 @@
 //! brisk-demo: start a private containerd, run a short-task pod under a CRI
 //! handler (default `brisk`), print its lifecycle with timings, clean up.
+//! Then the post-mortem's scenario for both handlers side by side: a
+//! container exits by itself while strace delays every `umount2` of its shim
+//! and a kubelet-like loop calls UpdateContainerResources every second and
+//! ListContainers back to back; a table compares the stock shim and brisk.
 //!
-//! usage: brisk-demo [--handler brisk|runc] [--keep-log]
+//! usage: brisk-demo [--handler brisk|runc] [--delay-secs 10] [--no-compare] [--compare-only HANDLER]
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use brisk_integration::cri::{state_name, ContainerState};
-use brisk_integration::{sys, ContainerSpec, Containerd, BRISK_HANDLER};
+use brisk_integration::scenario::{self, human, Strace};
+use brisk_integration::{sys, ContainerSpec, Containerd, BRISK_HANDLER, RUNC_HANDLER};
 
 struct Clock(Instant);
 
@@ -102,14 +108,177 @@ fn run(handler: &str) -> Result<()> {
     Ok(())
 }
 
+/// What one handler showed in the delayed-unmount scenario.
+struct Side {
+    exited_after: Duration,
+    exit_code: i32,
+    list_max: Duration,
+    list_calls: usize,
+    updates: usize,
+    update_failures: Vec<String>,
+    /// The shim's rootfs unmount as strace saw it: (span, calls).
+    unmount: Option<(Duration, usize)>,
+}
+
+fn label(h: &str) -> &str {
+    if h == RUNC_HANDLER {
+        "runc (stock)"
+    } else {
+        h
+    }
+}
+
+fn delayed_exit(handler: &str, delay: Duration) -> Result<Side> {
+    println!(
+        "\n== {}: a container that exits by itself after 4 s; strace delays every umount2 of the shim by {}",
+        label(handler),
+        human(delay)
+    );
+    let cd = Containerd::start().context("start private containerd")?;
+    let cri = cd.cri();
+    let clock = Clock(Instant::now());
+    let before = scenario::handler_shims(&cd, handler);
+    let pod = cri.run_pod_sandbox(handler, &format!("demo-exiting-{handler}"))?;
+    let shim = scenario::shim_of_pod(&cd, handler, &pod.id, &before)?;
+    let c = cri.run_container(&pod, &ContainerSpec::sh("short", "sleep 4; exit 5"))?;
+    clock.say(format!(
+        "pod {} and container {} running, shim pid {shim}",
+        short(&pod.id),
+        short(&c)
+    ));
+    let mut strace = Strace::attach(shim, &cd.dir.join("strace.txt"), Some(delay))?;
+    clock.say("strace attached; kubelet-like loop: UpdateContainerResources every 1 s, ListContainers back to back");
+    let stop = AtomicBool::new(false);
+    let exited = AtomicBool::new(false);
+    let side = std::thread::scope(|s| -> Result<Side> {
+        let lister = s.spawn(|| scenario::list_loop(cri, &stop));
+        let updater = s.spawn(|| scenario::update_loop(cri, &c, &stop, &exited));
+        let st = cri.wait_for_exited(&c, Duration::from_secs(120));
+        let seen = scenario::now_ns();
+        exited.store(true, Ordering::SeqCst);
+        let waited = st.map(|st| {
+            let after = Duration::from_nanos((seen - st.finished_at).max(0) as u64);
+            clock.say(format!(
+                "container EXITED, exit code {}, seen {} after it exited",
+                st.exit_code,
+                human(after)
+            ));
+            // Keep the loop going until the delayed unmount is over.
+            let span = strace.wait_unmount(&c, 2 * delay + Duration::from_secs(20));
+            match span {
+                Some(sp) => clock.say(format!(
+                    "the shim's rootfs unmount is over: {} umount2 calls in {:.1} s",
+                    sp.calls,
+                    sp.secs()
+                )),
+                None => {
+                    clock.say("strace saw no complete unmount of the rootfs; umount2 calls seen:");
+                    for c in strace.calls() {
+                        println!("             {c:?}");
+                    }
+                    println!("{}", cd.log_tail(30));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            (st, after, span)
+        });
+        stop.store(true, Ordering::SeqCst);
+        let calls = lister.join().unwrap();
+        let upd = updater.join().unwrap();
+        let (st, after, span) = waited?;
+        Ok(Side {
+            exited_after: after,
+            exit_code: st.exit_code,
+            list_max: calls.iter().map(|c| c.took).max().unwrap_or_default(),
+            list_calls: calls.len(),
+            updates: upd.calls,
+            update_failures: upd.failures,
+            unmount: span.map(|sp| (Duration::from_secs_f64(sp.secs()), sp.calls)),
+        })
+    });
+    strace.detach();
+    let side = side?;
+    clock.say(format!(
+        "ListContainers: {} calls, max {}; UpdateContainerResources: {} calls, {} failed",
+        side.list_calls,
+        human(side.list_max),
+        side.updates,
+        side.update_failures.len()
+    ));
+    for f in side.update_failures.iter().take(3) {
+        println!("             update failed: {f}");
+    }
+    cri.remove_container(&c)?;
+    cri.stop_pod(&pod.id)?;
+    cri.remove_pod(&pod.id)?;
+    cd.wait_no_leaks(Duration::from_secs(30))?;
+    cd.finish_checked()?;
+    clock.say("cleaned up: strace detached, pod removed, containerd stopped, nothing left");
+    Ok(side)
+}
+
+fn compare(delay: Duration, only: Option<&str>) -> Result<()> {
+    let handlers = [RUNC_HANDLER, BRISK_HANDLER];
+    if let Some(h) = only {
+        delayed_exit(h, delay)?;
+        return Ok(());
+    }
+    let mut sides = Vec::new();
+    for h in handlers {
+        sides.push(delayed_exit(h, delay)?);
+    }
+    let (a, b) = (&sides[0], &sides[1]);
+    println!(
+        "\numount2 delayed by {} (strace), container exits after 4 s with code 5\n",
+        human(delay)
+    );
+    println!("| | {} | {} |", label(handlers[0]), label(handlers[1]));
+    println!("|---|---:|---:|");
+    println!(
+        "| exit -> EXITED in CRI | {} | {} |",
+        human(a.exited_after),
+        human(b.exited_after)
+    );
+    println!(
+        "| ListContainers max latency | {} | {} |",
+        human(a.list_max),
+        human(b.list_max)
+    );
+    println!(
+        "| UpdateContainerResources calls (failed) | {} ({}) | {} ({}) |",
+        a.updates,
+        a.update_failures.len(),
+        b.updates,
+        b.update_failures.len()
+    );
+    println!("| exit code | {} | {} |", a.exit_code, b.exit_code);
+    let um = |s: &Side| {
+        s.unmount
+            .map(|(d, n)| format!("{} ({n} calls)", human(d)))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!("| shim rootfs unmount (delayed) | {} | {} |", um(a), um(b));
+    Ok(())
+}
+
 fn main() {
     let mut handler = BRISK_HANDLER.to_string();
+    let mut delay = Duration::from_secs(10);
+    let mut with_compare = true;
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--handler" => handler = args.next().unwrap_or_default(),
+            "--delay-secs" => {
+                delay = Duration::from_secs(args.next().and_then(|v| v.parse().ok()).unwrap_or(10))
+            }
+            "--no-compare" => with_compare = false,
+            "--compare-only" => only = args.next(),
             "-h" | "--help" => {
-                println!("usage: brisk-demo [--handler brisk|runc]");
+                println!(
+                    "usage: brisk-demo [--handler brisk|runc] [--delay-secs 10] [--no-compare] [--compare-only HANDLER]"
+                );
                 return;
             }
             other => {
@@ -121,5 +290,11 @@ fn main() {
     if let Err(e) = run(&handler) {
         eprintln!("brisk-demo: {e:#}");
         std::process::exit(1);
+    }
+    if with_compare {
+        if let Err(e) = compare(delay, only.as_deref()) {
+            eprintln!("brisk-demo: {e:#}");
+            std::process::exit(1);
+        }
     }
 }

@@ -130,3 +130,48 @@ macro_rules! handler_tests {
         }
     };
 }
+
+/// `sh -c` script: wait until `/go` exists in the rootfs, then exit `code`.
+pub fn exit_on_go(code: i32) -> String {
+    format!("while [ ! -e /go ]; do sleep 0.05; done; exit {code}")
+}
+
+/// Let a CRI container started with [`exit_on_go`] exit: create `/go` in
+/// its rootfs from the host (works while containerd is down, too).
+pub fn go(cd: &Containerd, id: &str) {
+    let rootfs = cd
+        .dir
+        .join("state/io.containerd.runtime.v2.task/k8s.io")
+        .join(id)
+        .join("rootfs");
+    std::fs::write(rootfs.join("go"), "").expect("create /go in the container's rootfs");
+}
+
+/// brisk config (for `Options::brisk_config_toml`) that runs runc through
+/// the [`brisk_integration::fault::RuncWrapper`] installed in the instance
+/// directory.
+pub fn wrapper_options() -> Options {
+    Options {
+        brisk_config_toml: Some(format!(
+            "runc_binary = \"{{dir}}/{}\"\n",
+            brisk_integration::fault::RuncWrapper::SCRIPT_IN_DIR
+        )),
+        ..Default::default()
+    }
+}
+
+/// StopPodSandbox, retried (as kubelet does) when it fails with `ttrpc:
+/// closed`: a brisk shim bug makes a Kill that races with the container's
+/// exit fail that way (see `lock::stop_container_while_runc_kill_answers_late`).
+pub fn stop_pod(cri: &brisk_integration::Cri, pod_id: &str) {
+    for attempt in 1..=3 {
+        match cri.stop_pod(pod_id) {
+            Ok(()) => return,
+            Err(e) if attempt < 3 && format!("{e:#}").contains("ttrpc: closed") => {
+                eprintln!("StopPodSandbox attempt {attempt}: {e:#}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("StopPodSandbox {pod_id}: {e:#}"),
+        }
+    }
+}

@@ -3,9 +3,15 @@
 //! they say so and pass. One private containerd per test; the harness runs
 //! them one at a time.
 
+mod bad_input;
 mod common;
 mod config;
+mod direct;
 mod exiting;
 mod features;
 mod lifecycle;
+mod lock;
+mod restart;
 mod shim_kill;
+mod soak;
+mod volatile;

@@ -3,9 +3,14 @@
 
 use std::time::Duration;
 
+use brisk_integration::containerd::RUNC_STATE_ROOTS;
+use brisk_integration::cri::ContainerState;
+use brisk_integration::fault::RuncWrapper;
 use brisk_integration::{sys, ContainerSpec, BRISK_HANDLER, RUNC_HANDLER};
+use containerd_shim_protos::api::Status;
 
-use crate::common;
+use crate::common::{self, exit_on_go, go};
+use crate::direct::{status_of, Shim};
 
 fn shim_killed(handler: &str) {
     let Some(cd) = common::start(handler) else {
@@ -48,4 +53,127 @@ fn shim_sigkill_brisk() {
 #[ignore]
 fn shim_sigkill_runc() {
     shim_killed(RUNC_HANDLER);
+}
+
+/// SIGKILL of the shim while its pod has a running container and an
+/// exiting one (its init exited; CRI's Delete of it is stuck in a slow
+/// `runc delete`). containerd's cleanup (`containerd-shim-brisk-v2 delete`)
+/// leaves no runc state, mount, socket or cgroup; both containers show
+/// EXITED; a new pod on the same containerd works.
+#[test]
+fn shim_sigkill_with_exiting_container_brisk() {
+    let Some(cd) = common::start_with(BRISK_HANDLER, common::wrapper_options()) else {
+        return;
+    };
+    let wrapper = RuncWrapper::install(&cd.dir).expect("runc wrapper");
+    let cri = cd.cri();
+    let pod = cri
+        .run_pod_sandbox(BRISK_HANDLER, "shimkill2")
+        .expect("pod");
+    let running = cri
+        .run_container(&pod, &ContainerSpec::new("running", &["sleep", "1000"]))
+        .expect("running");
+    let exiting = cri
+        .run_container(&pod, &ContainerSpec::sh("exiting", &exit_on_go(4)))
+        .expect("exiting");
+    wrapper.hang("delete", &[&exiting]).unwrap();
+    go(&cd, &exiting);
+    wrapper
+        .wait_hung("delete", &exiting, Duration::from_secs(15))
+        .expect("CRI deletes the exited container");
+    // The shim has it exiting: stopped, with its code.
+    let st = Shim::of_cri_container(&cd, &exiting)
+        .expect("connect")
+        .state(&exiting, "")
+        .expect("State");
+    assert_eq!((status_of(&st), st.exit_status), (Status::STOPPED, 4));
+
+    cd.refresh_sockets();
+    let sockets = cd.known_sockets();
+    assert!(!sockets.is_empty(), "shim socket seen");
+    let shims = common::handler_shims(&cd, BRISK_HANDLER);
+    assert_eq!(shims.len(), 1, "one shim: {shims:?}");
+    sys::kill(shims[0], libc::SIGKILL);
+    assert!(sys::wait_gone(&shims, Duration::from_secs(10)));
+    // The hung `runc delete` (now an orphan) may go on; cleanup must not hang.
+    wrapper.release("delete");
+
+    for (id, what) in [(&running, "running"), (&exiting, "exiting")] {
+        let st = cri
+            .wait_for_exited(id, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", cd.log_tail(40)));
+        eprintln!(
+            "{what}: EXITED, exit code {}, reason {:?}",
+            st.exit_code, st.reason
+        );
+        assert_ne!(st.exit_code, 0, "{what}: {st:?}");
+    }
+    // What containerd's cleanup of the dead shim must have removed.
+    let ids = [pod.id.as_str(), running.as_str(), exiting.as_str()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let leftovers = loop {
+        let mut left = Vec::new();
+        for id in ids {
+            for r in RUNC_STATE_ROOTS {
+                let p = std::path::Path::new(r).join("k8s.io").join(id);
+                if p.exists() {
+                    left.push(format!("runc state {}", p.display()));
+                }
+            }
+            let rootfs = cd
+                .dir
+                .join("state/io.containerd.runtime.v2.task/k8s.io")
+                .join(id)
+                .join("rootfs");
+            if sys::mounts().iter().any(|m| m.mount_point == rootfs) {
+                left.push(format!("mount {}", rootfs.display()));
+            }
+            if id != pod.id {
+                for d in sys::cgroup_dirs(&format!("{}/{id}", cd.cgroup_parent())) {
+                    left.push(format!("cgroup {}", d.display()));
+                }
+            }
+        }
+        for s in &sockets {
+            if s.exists() {
+                left.push(format!("socket {}", s.display()));
+            }
+        }
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        leftovers.is_empty(),
+        "left after the dead shim's cleanup: {leftovers:?}\n{}",
+        cd.log_tail(60)
+    );
+    assert_ne!(
+        cri.pod_status(&pod.id).expect("pod status").state,
+        brisk_integration::cri::PodSandboxState::SandboxReady as i32,
+        "the pod's sandbox died with its shim"
+    );
+
+    // The containerd still runs new brisk pods.
+    let pod2 = cri
+        .run_pod_sandbox(BRISK_HANDLER, "after")
+        .expect("new pod");
+    let c2 = cri
+        .run_container(&pod2, &ContainerSpec::new("c", &["sleep", "1000"]))
+        .expect("container in the new pod");
+    let r = cri
+        .exec_sync(&c2, &["echo", "fine"], Duration::from_secs(10))
+        .expect("ExecSync in the new pod");
+    assert_eq!(r.stdout_str(), "fine\n");
+    assert_eq!(
+        cri.container_status(&c2).expect("status").state,
+        ContainerState::ContainerRunning as i32
+    );
+    for p in [&pod.id, &pod2.id] {
+        common::stop_pod(cri, p);
+        cri.remove_pod(p).expect("RemovePodSandbox");
+    }
+    cd.assert_no_leaks();
+    cd.finish();
 }

@@ -1,0 +1,803 @@
+//! Bad input, one case per test: each gets a clear error that names the
+//! problem, with the right ttrpc (or CRI gRPC) code, and the pod's running
+//! container is not affected.
+//!
+//! Most cases talk ttrpc to a directly started shim (see `direct.rs`); the
+//! brisk.toml and runc cases also go through CRI with the handler's real
+//! `ConfigPath` file rewritten between containers.
+
+use std::path::Path;
+use std::time::Duration;
+
+use brisk_integration::cri::ContainerState;
+use brisk_integration::fault::RuncWrapper;
+use brisk_integration::{
+    sys, ContainerSpec, Containerd, LinuxContainerResources, Pod, BRISK_HANDLER,
+};
+use containerd_shim_protos::api::{Mount, Status};
+use containerd_shim_protos::ttrpc::Code;
+
+use crate::common;
+use crate::direct::{config_body_options, config_path_options, expect_err, status_of, Fixture};
+
+fn assert_not_mounted(bundle: &Path) {
+    let target = bundle.join("rootfs");
+    let m: Vec<_> = sys::mounts()
+        .into_iter()
+        .filter(|m| m.mount_point == target)
+        .collect();
+    assert!(m.is_empty(), "{} left mounted: {m:?}", target.display());
+}
+
+// ------------------------------------------------------------ bundle
+
+#[test]
+fn bad_config_json_malformed() {
+    let Some(f) = Fixture::new("badjson") else {
+        return;
+    };
+    let id = f.id("badjson");
+    let bundle = f.bundle(&id, &["true"]);
+    std::fs::write(bundle.join("config.json"), "{ this is not json").unwrap();
+    let layer = f.layer(&id);
+    expect_err(
+        "Create with a malformed config.json",
+        f.create(&f.request(&id, &bundle, layer.mounts(), None)),
+        Code::INVALID_ARGUMENT,
+        &[
+            &bundle.join("config.json").display().to_string(),
+            "invalid or missing config.json",
+        ],
+    );
+    assert_not_mounted(&bundle);
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+#[test]
+fn bad_config_json_missing() {
+    let Some(f) = Fixture::new("nojson") else {
+        return;
+    };
+    let id = f.id("nojson");
+    let bundle = f.bundle(&id, &["true"]);
+    std::fs::remove_file(bundle.join("config.json")).unwrap();
+    let layer = f.layer(&id);
+    expect_err(
+        "Create without config.json",
+        f.create(&f.request(&id, &bundle, layer.mounts(), None)),
+        Code::INVALID_ARGUMENT,
+        &[
+            &bundle.join("config.json").display().to_string(),
+            "invalid or missing config.json",
+        ],
+    );
+    assert_not_mounted(&bundle);
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+/// Create with a bundle directory that does not exist; and a running
+/// container whose bundle vanishes (rootfs detached, directory removed):
+/// Exec fails with an error, State/Kill/Wait/Delete still work.
+#[test]
+fn bad_bundle_vanished() {
+    let Some(f) = Fixture::new("vanished") else {
+        return;
+    };
+    let id = f.id("nobundle");
+    let gone = f.work.join("no-such-bundle");
+    let layer = f.layer(&id);
+    expect_err(
+        "Create with a missing bundle directory",
+        f.create(&f.request(&id, &gone, layer.mounts(), None)),
+        Code::INVALID_ARGUMENT,
+        &[&gone.join("config.json").display().to_string()],
+    );
+    assert!(!gone.exists(), "the shim created the missing bundle");
+
+    let id = f.id("vanishing");
+    let layer = f.layer(&id);
+    let bundle = f.bundle(&id, &["sleep", "1000"]);
+    f.create(&f.request(&id, &bundle, layer.mounts(), None))
+        .expect("create");
+    f.shim.start_task(&id, "").expect("start");
+    // What a careless cleanup does: detach the rootfs, remove the bundle.
+    let rootfs =
+        std::ffi::CString::new(bundle.join("rootfs").to_string_lossy().as_bytes()).unwrap();
+    // SAFETY: umount2 with a valid C string.
+    assert_eq!(
+        unsafe { libc::umount2(rootfs.as_ptr(), libc::MNT_DETACH) },
+        0
+    );
+    std::fs::remove_dir_all(&bundle).unwrap();
+    let r = f.shim.exec_sync(&id, "e1", &["true"], &f.work);
+    let e = r.expect_err("Exec in a container whose bundle vanished");
+    eprintln!("exec without bundle: {e}");
+    assert!(
+        e.message.contains(&bundle.display().to_string()),
+        "the error names the bundle path: {e}"
+    );
+    let st = f.shim.state(&id, "").expect("State");
+    assert_eq!(status_of(&st), Status::RUNNING);
+    f.shim.kill(&id, "", 9).expect("Kill");
+    assert_eq!(f.wait_and_delete(&id), 137);
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+// ------------------------------------------------------------ mounts
+
+#[test]
+fn bad_rootfs_source_missing() {
+    let Some(f) = Fixture::new("nosource") else {
+        return;
+    };
+    let id = f.id("nolower");
+    let bundle = f.bundle(&id, &["true"]);
+    let mut layer = f.layer(&id);
+    layer.lower = f.work.join("no-such-lower");
+    expect_err(
+        "Create with a missing overlay lowerdir",
+        f.create(&f.request(&id, &bundle, layer.mounts(), None)),
+        Code::UNKNOWN,
+        &["lowerdir=", "no-such-lower", "does not exist"],
+    );
+    assert_not_mounted(&bundle);
+
+    let id = f.id("nobind");
+    let bundle = f.bundle(&id, &["true"]);
+    let bind = vec![Mount {
+        type_: "bind".into(),
+        source: f.work.join("no-such-dir").to_string_lossy().into_owned(),
+        options: vec!["rbind".into(), "rw".into()],
+        ..Default::default()
+    }];
+    expect_err(
+        "Create with a missing bind source",
+        f.create(&f.request(&id, &bundle, bind, None)),
+        Code::UNKNOWN,
+        &["bind source", "no-such-dir", "does not exist"],
+    );
+    assert_not_mounted(&bundle);
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+#[test]
+fn bad_mount_type_unknown() {
+    let Some(f) = Fixture::new("fstype") else {
+        return;
+    };
+    let id = f.id("fstype");
+    let bundle = f.bundle(&id, &["true"]);
+    let m = vec![Mount {
+        type_: "nosuchfs".into(),
+        source: "none".into(),
+        ..Default::default()
+    }];
+    expect_err(
+        "Create with an unknown mount type",
+        f.create(&f.request(&id, &bundle, m, None)),
+        Code::UNKNOWN,
+        &["unknown mount type \"nosuchfs\""],
+    );
+    assert_not_mounted(&bundle);
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+#[test]
+fn bad_mount_option_unknown() {
+    let Some(f) = Fixture::new("mountopt") else {
+        return;
+    };
+    let id = f.id("mountopt");
+    let bundle = f.bundle(&id, &["true"]);
+    let layer = f.layer(&id);
+    let mut m = layer.mounts();
+    m[0].options.push("no_such_option=1".into());
+    expect_err(
+        "Create with an unknown overlay option",
+        f.create(&f.request(&id, &bundle, m, None)),
+        Code::UNKNOWN,
+        &["overlay mount", "no_such_option=1", "EINVAL"],
+    );
+    assert_not_mounted(&bundle);
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+/// The first of two rootfs mounts succeeds, the second is bad: Create fails
+/// and takes the first one down again (nothing left on `bundle/rootfs`).
+#[test]
+fn bad_second_mount_unmounts_the_first() {
+    let Some(f) = Fixture::new("twomounts") else {
+        return;
+    };
+    let id = f.id("twomounts");
+    let bundle = f.bundle(&id, &["true"]);
+    let layer = f.layer(&id);
+    let mut m = layer.mounts();
+    m.push(Mount {
+        type_: "nosuchfs".into(),
+        source: "none".into(),
+        ..Default::default()
+    });
+    expect_err(
+        "Create whose second mount is bad",
+        f.create(&f.request(&id, &bundle, m, None)),
+        Code::UNKNOWN,
+        &["unknown mount type \"nosuchfs\""],
+    );
+    assert_not_mounted(&bundle);
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+// ------------------------------------------------------------ runc
+
+#[test]
+fn bad_runc_missing() {
+    let Some(f) = Fixture::new("norunc") else {
+        return;
+    };
+    let id = f.id("norunc");
+    let bundle = f.bundle(&id, &["true"]);
+    let layer = f.layer(&id);
+    let opts = config_body_options("runc_binary = \"/nonexistent/runc\"\n");
+    expect_err(
+        "Create with runc_binary = /nonexistent/runc",
+        f.create(&f.request(&id, &bundle, layer.mounts(), Some(opts))),
+        Code::FAILED_PRECONDITION,
+        &["cannot run runc binary /nonexistent/runc", "No such file"],
+    );
+    assert_not_mounted(&bundle);
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+#[test]
+fn bad_runc_create_fails() {
+    let Some(f) = Fixture::new("runcfails") else {
+        return;
+    };
+    let wrapper = RuncWrapper::install(&f.cd.dir).expect("wrapper");
+    let id = f.id("runcfails");
+    wrapper.fail("create", &[&id]).unwrap();
+    let bundle = f.bundle(&id, &["true"]);
+    let layer = f.layer(&id);
+    let opts = config_body_options(&wrapper.toml_line());
+    expect_err(
+        "Create with a runc whose create fails",
+        f.create(&f.request(&id, &bundle, layer.mounts(), Some(opts))),
+        Code::UNKNOWN,
+        &["runc create failed (exit status 1)", "fails on purpose"],
+    );
+    assert_not_mounted(&bundle);
+    let state = Path::new("/run/containerd/brisk").join(&f.ns).join(&id);
+    assert!(!state.exists(), "runc state {} left", state.display());
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+// ------------------------------------------------------------ brisk.toml (ConfigBody)
+
+#[test]
+fn bad_brisk_toml_config_body() {
+    let Some(f) = Fixture::new("badtoml") else {
+        return;
+    };
+    for (body, needles) in [
+        ("runc_root = [", &["<ConfigBody>"][..]),
+        (
+            "runc_bianry = \"/usr/sbin/runc\"\n",
+            &["<ConfigBody>", "runc_bianry"][..],
+        ),
+    ] {
+        let id = f.id("badtoml");
+        let bundle = f.bundle(&id, &["true"]);
+        let layer = f.layer(&id);
+        expect_err(
+            &format!("Create with brisk config {body:?}"),
+            f.create(&f.request(
+                &id,
+                &bundle,
+                layer.mounts(),
+                Some(config_body_options(body)),
+            )),
+            Code::INVALID_ARGUMENT,
+            needles,
+        );
+        assert_not_mounted(&bundle);
+    }
+    let id = f.id("nofile");
+    let bundle = f.bundle(&id, &["true"]);
+    let layer = f.layer(&id);
+    let missing = Path::new("/nonexistent/brisk.toml");
+    expect_err(
+        "Create with ConfigPath naming a missing file",
+        f.create(&f.request(
+            &id,
+            &bundle,
+            layer.mounts(),
+            Some(config_path_options(missing)),
+        )),
+        Code::INVALID_ARGUMENT,
+        &["/nonexistent/brisk.toml", "No such file"],
+    );
+    assert_not_mounted(&bundle);
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+/// A value of the wrong type: the error must say which key.
+#[test]
+fn bad_brisk_toml_wrong_type() {
+    let Some(f) = Fixture::new("tomltype") else {
+        return;
+    };
+    let id = f.id("tomltype");
+    let bundle = f.bundle(&id, &["true"]);
+    let layer = f.layer(&id);
+    expect_err(
+        "Create with brisk config volatile = \"yes\"",
+        f.create(&f.request(
+            &id,
+            &bundle,
+            layer.mounts(),
+            Some(config_body_options("volatile = \"yes\"\n")),
+        )),
+        Code::INVALID_ARGUMENT,
+        &["<ConfigBody>", "volatile"],
+    );
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+// ------------------------------------------------------------ task calls
+
+#[test]
+fn bad_update_resources() {
+    let Some(f) = Fixture::new("badupdate") else {
+        return;
+    };
+    let k = f.keeper.clone();
+    expect_err(
+        "Update with resources that are not JSON",
+        f.shim.update(&k, b"not json"),
+        Code::INVALID_ARGUMENT,
+        &["resources", &k],
+    );
+    expect_err(
+        "Update with a CPU period that is not a number",
+        f.shim.update(&k, br#"{"cpu":{"period":"x"}}"#),
+        Code::INVALID_ARGUMENT,
+        &["resources"],
+    );
+    let msg = expect_err(
+        "Update with a 4 KiB memory limit",
+        f.shim.update(&k, br#"{"memory":{"limit":4096}}"#),
+        Code::UNKNOWN,
+        &["runc update failed"],
+    );
+    assert!(msg.contains("memory"), "runc's reason is passed on: {msg}");
+    expect_err(
+        "Update of an unknown container",
+        f.shim
+            .update("no-such-container", br#"{"cpu":{"shares":512}}"#),
+        Code::NOT_FOUND,
+        &["no-such-container"],
+    );
+    f.assert_keeper_alive();
+    f.shim
+        .update(&k, br#"{"cpu":{"shares":512}}"#)
+        .expect("a valid update still works");
+    f.finish();
+}
+
+#[test]
+fn bad_exec_id_unknown() {
+    let Some(f) = Fixture::new("noexec") else {
+        return;
+    };
+    let k = f.keeper.clone();
+    let needles = ["exec nope not found", k.as_str()];
+    expect_err(
+        "Start of an unknown exec",
+        f.shim.start_task(&k, "nope"),
+        Code::NOT_FOUND,
+        &needles,
+    );
+    expect_err(
+        "State of an unknown exec",
+        f.shim.state(&k, "nope"),
+        Code::NOT_FOUND,
+        &needles,
+    );
+    expect_err(
+        "Kill of an unknown exec",
+        f.shim.kill(&k, "nope", 9),
+        Code::NOT_FOUND,
+        &needles,
+    );
+    expect_err(
+        "Delete of an unknown exec",
+        f.shim.delete(&k, "nope"),
+        Code::NOT_FOUND,
+        &needles,
+    );
+    expect_err(
+        "Wait of an unknown exec",
+        f.shim.wait(&k, "nope", Duration::from_secs(5)),
+        Code::NOT_FOUND,
+        &needles,
+    );
+    expect_err(
+        "Exec with an empty exec id",
+        f.shim.exec(&k, "", &["true"], None),
+        Code::INVALID_ARGUMENT,
+        &["exec id is empty"],
+    );
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+#[test]
+fn bad_exec_id_duplicate() {
+    let Some(f) = Fixture::new("dupexec") else {
+        return;
+    };
+    let k = f.keeper.clone();
+    f.shim
+        .exec(&k, "dup", &["sleep", "1000"], None)
+        .expect("exec");
+    f.shim.start_task(&k, "dup").expect("start exec");
+    expect_err(
+        "Exec with the id of a running exec",
+        f.shim.exec(&k, "dup", &["true"], None),
+        Code::ALREADY_EXISTS,
+        &["exec dup", &k, "already exists"],
+    );
+    expect_err(
+        "Start of a running exec",
+        f.shim.start_task(&k, "dup"),
+        Code::FAILED_PRECONDITION,
+        &["cannot start a process that is running"],
+    );
+    let st = f.shim.state(&k, "dup").expect("State of dup");
+    assert_eq!(
+        status_of(&st),
+        Status::RUNNING,
+        "the first exec is untouched"
+    );
+    f.shim.kill(&k, "dup", 9).expect("kill exec");
+    let w = f
+        .shim
+        .wait(&k, "dup", Duration::from_secs(10))
+        .expect("wait exec");
+    assert_eq!(w.exit_status, 137);
+    f.shim.delete(&k, "dup").expect("delete exec");
+    // Gone, so the id is free again.
+    let (code, out) = f
+        .shim
+        .exec_sync(&k, "dup", &["echo", "again"], &f.work)
+        .expect("exec id reused after delete");
+    assert_eq!((code, out.as_str()), (0, "again\n"));
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+#[test]
+fn bad_create_existing_id() {
+    let Some(f) = Fixture::new("dupid") else {
+        return;
+    };
+    let k = f.keeper.clone();
+    let bundle = f.bundle("dupid-other-bundle", &["true"]);
+    let layer = f.layer("dupid-other");
+    expect_err(
+        "Create of an id that exists",
+        f.shim.create(&f.request(&k, &bundle, layer.mounts(), None)),
+        Code::ALREADY_EXISTS,
+        &[&format!("container {k} already exists")],
+    );
+    assert_not_mounted(&bundle);
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+/// Two Creates of one new id at the same time (different bundles): one
+/// wins, the other fails, and the winner's container works.
+#[test]
+fn bad_create_same_id_concurrently() {
+    let Some(f) = Fixture::new("raceid") else {
+        return;
+    };
+    let id = f.id("raceid");
+    let reqs: Vec<_> = (0..2)
+        .map(|i| {
+            let b = f.bundle(&format!("{id}-bundle{i}"), &["sleep", "1000"]);
+            let l = f.layer(&format!("{id}-layer{i}"));
+            (b.clone(), f.request(&id, &b, l.mounts(), None))
+        })
+        .collect();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = reqs.iter().map(|(_, r)| s.spawn(|| f.create(r))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!("concurrent creates: {results:?}");
+    let ok: Vec<usize> = (0..2).filter(|&i| results[i].is_ok()).collect();
+    assert_eq!(ok.len(), 1, "exactly one Create wins: {results:?}");
+    let loser = 1 - ok[0];
+    // The winner's container is intact.
+    let st = f.shim.state(&id, "").expect("State of the winner");
+    assert_eq!(status_of(&st), Status::CREATED, "winner: {st:?}");
+    f.shim
+        .start_task(&id, "")
+        .unwrap_or_else(|e| panic!("start of the winning Create: {e}\n{}", f.shim_log()));
+    let (code, out) = f
+        .shim
+        .exec_sync(&id, "e1", &["echo", "won"], &f.work)
+        .expect("exec in the winner");
+    assert_eq!((code, out.as_str()), (0, "won\n"));
+    assert_not_mounted(&reqs[loser].0);
+    let e = results[loser].as_ref().unwrap_err();
+    assert_eq!(
+        e.code,
+        Code::ALREADY_EXISTS,
+        "the loser is told the id exists: {e}"
+    );
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+#[test]
+fn bad_delete_twice() {
+    let Some(f) = Fixture::new("deltwice") else {
+        return;
+    };
+    let id = f.id("deltwice");
+    let bundle = f.bundle(&id, &["sh", "-c", "exit 2"]);
+    let layer = f.layer(&id);
+    f.create(&f.request(&id, &bundle, layer.mounts(), None))
+        .expect("create");
+    expect_err(
+        "Delete of a created (not started) container's exec",
+        f.shim.delete(&id, "nope"),
+        Code::NOT_FOUND,
+        &["exec nope not found"],
+    );
+    f.shim.start_task(&id, "").expect("start");
+    let w = f.shim.wait(&id, "", Duration::from_secs(10)).expect("wait");
+    assert_eq!(w.exit_status, 2);
+    let d = f.shim.delete(&id, "").expect("first Delete");
+    assert_eq!(d.exit_status, 2);
+    expect_err(
+        "second Delete",
+        f.shim.delete(&id, ""),
+        Code::NOT_FOUND,
+        &[&format!("container {id} not found")],
+    );
+    // Delete of a running container is refused.
+    expect_err(
+        "Delete of a running container",
+        f.shim.delete(&f.keeper, ""),
+        Code::FAILED_PRECONDITION,
+        &["cannot delete a process that is running"],
+    );
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+#[test]
+fn bad_kill_unknown_id() {
+    let Some(f) = Fixture::new("killunknown") else {
+        return;
+    };
+    expect_err(
+        "Kill of an unknown container",
+        f.shim.kill("no-such-container", "", 9),
+        Code::NOT_FOUND,
+        &["container no-such-container not found"],
+    );
+    expect_err(
+        "State of an unknown container",
+        f.shim.state("no-such-container", ""),
+        Code::NOT_FOUND,
+        &["container no-such-container not found"],
+    );
+    expect_err(
+        "Kill with an invalid signal",
+        f.shim.kill(&f.keeper, "", 12345),
+        Code::UNKNOWN,
+        &["runc kill failed"],
+    );
+    f.assert_keeper_alive();
+    f.finish();
+}
+
+// ------------------------------------------------------------ through CRI
+
+/// A brisk pod with one running container, whose handler's brisk.toml the
+/// test rewrites before starting more containers.
+struct CriCase {
+    cd: Containerd,
+    pod: Pod,
+    keep: String,
+    n: u32,
+}
+
+impl CriCase {
+    fn new(name: &str) -> Option<CriCase> {
+        let cd = common::start_with(BRISK_HANDLER, common::wrapper_options())?;
+        // The wrapper, idle: runc as usual.
+        let _ = RuncWrapper::install(&cd.dir).expect("wrapper");
+        let pod = cd.cri().run_pod_sandbox(BRISK_HANDLER, name).expect("pod");
+        let keep = cd
+            .cri()
+            .run_container(&pod, &ContainerSpec::new("keep", &["sleep", "1000"]))
+            .expect("keep");
+        Some(CriCase {
+            cd,
+            pod,
+            keep,
+            n: 0,
+        })
+    }
+
+    fn config_path(&self) -> std::path::PathBuf {
+        self.cd.dir.join("brisk.toml")
+    }
+
+    fn set_config(&self, body: &str) {
+        std::fs::write(self.config_path(), body).unwrap();
+    }
+
+    /// Create and start a container; StartContainer's error, if any. A
+    /// container that failed to start is removed.
+    fn try_start(&mut self) -> Result<String, String> {
+        self.n += 1;
+        let cri = self.cd.cri();
+        let id = cri
+            .create_container(
+                &self.pod,
+                &ContainerSpec::new(&format!("c{}", self.n), &["true"]),
+            )
+            .map_err(|e| format!("CreateContainer: {e:#}"))?;
+        match cri.start_container(&id) {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                let st = cri.container_status(&id).expect("status");
+                eprintln!(
+                    "after the failed start: state {:?} reason {:?} message {:?}",
+                    ContainerState::try_from(st.state),
+                    st.reason,
+                    st.message
+                );
+                cri.remove_container(&id).expect("RemoveContainer");
+                Err(format!("{e:#}"))
+            }
+        }
+    }
+
+    fn assert_keep_alive(&self) {
+        let cri = self.cd.cri();
+        let r = cri
+            .exec_sync(&self.keep, &["echo", "alive"], Duration::from_secs(10))
+            .expect("ExecSync in the running container");
+        assert_eq!((r.exit_code, r.stdout_str().as_str()), (0, "alive\n"));
+        assert_eq!(
+            cri.container_status(&self.keep).unwrap().state,
+            ContainerState::ContainerRunning as i32
+        );
+    }
+
+    fn finish(self) {
+        let cri = self.cd.cri();
+        common::stop_pod(cri, &self.pod.id);
+        cri.remove_pod(&self.pod.id).expect("remove pod");
+        self.cd.assert_no_leaks();
+        self.cd.finish();
+    }
+}
+
+fn expect_cri_err(what: &str, r: Result<String, String>, needles: &[&str]) -> String {
+    let e = r.expect_err(what);
+    for n in needles {
+        assert!(e.contains(n), "{what}: error lacks {n:?}: {e}");
+    }
+    eprintln!("{what}: {e}");
+    e
+}
+
+#[test]
+fn bad_brisk_toml_via_cri() {
+    let Some(mut c) = CriCase::new("badtoml") else {
+        return;
+    };
+    let path = c.config_path().display().to_string();
+    c.set_config("runc_root = [\n");
+    expect_cri_err(
+        "StartContainer with a brisk.toml that is not TOML",
+        c.try_start(),
+        &["InvalidArgument", &path],
+    );
+    c.assert_keep_alive();
+    c.set_config("runc_bianry = \"/usr/sbin/runc\"\n");
+    expect_cri_err(
+        "StartContainer with an unknown brisk.toml key",
+        c.try_start(),
+        &["InvalidArgument", &path, "runc_bianry"],
+    );
+    c.assert_keep_alive();
+    std::fs::remove_file(c.config_path()).unwrap();
+    expect_cri_err(
+        "StartContainer with the brisk.toml missing",
+        c.try_start(),
+        &["InvalidArgument", &path],
+    );
+    c.assert_keep_alive();
+    c.set_config("");
+    c.try_start().expect("an empty brisk.toml means defaults");
+    c.finish();
+}
+
+#[test]
+fn bad_runc_via_cri() {
+    let Some(mut c) = CriCase::new("badrunc") else {
+        return;
+    };
+    c.set_config("runc_binary = \"/nonexistent/runc\"\n");
+    expect_cri_err(
+        "StartContainer with runc_binary = /nonexistent/runc",
+        c.try_start(),
+        &[
+            "FailedPrecondition",
+            "cannot run runc binary /nonexistent/runc",
+        ],
+    );
+    c.assert_keep_alive();
+    let wrapper = RuncWrapper::install(&c.cd.dir).expect("wrapper");
+    c.set_config(&wrapper.toml_line());
+    wrapper.fail("create", &[]).unwrap();
+    expect_cri_err(
+        "StartContainer with a runc whose create fails",
+        c.try_start(),
+        &["runc create failed (exit status 1)", "fails on purpose"],
+    );
+    c.assert_keep_alive();
+    wrapper.unfail("create");
+    c.try_start().expect("runc works again");
+    c.finish();
+}
+
+#[test]
+fn bad_update_via_cri() {
+    let Some(c) = CriCase::new("badupdatecri") else {
+        return;
+    };
+    let cri = c.cd.cri();
+    let e = cri
+        .update_container_resources(
+            &c.keep,
+            LinuxContainerResources {
+                memory_limit_in_bytes: 4096,
+                ..Default::default()
+            },
+        )
+        .expect_err("a 4 KiB memory limit");
+    let e = format!("{e:#}");
+    eprintln!("UpdateContainerResources with a 4 KiB memory limit: {e}");
+    assert!(e.contains("runc update failed"), "{e}");
+    c.assert_keep_alive();
+    cri.update_container_resources(
+        &c.keep,
+        LinuxContainerResources {
+            cpu_shares: 256,
+            ..Default::default()
+        },
+    )
+    .expect("a valid update still works");
+    c.finish();
+}

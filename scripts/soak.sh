@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The soak benchmark: 1000 short tasks under brisk by default (10 pods at
+# once, 100 tasks each, umount2 delayed on 2 shims), with a kubelet-like loop;
+# prints the shims' RSS/fd curve, ListContainers p50/p99/max and leaks.
+#   sudo ./scripts/soak.sh [--pods N] [--tasks-per-pod N] [--delayed-shims N] [--delay-ms N]
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cargo build --release --workspace --quiet
+exec "$ROOT/target/release/brisk-soak" "$@"

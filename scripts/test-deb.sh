@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Install the brisk .deb on this machine, check it, and remove it again:
+#   sudo ./scripts/test-deb.sh [DEB]     (default: builds it with build-deb.sh)
+# Checks the files, `containerd-shim-brisk-v2 --version`, `brisk-ctl --version`,
+# that a private containerd runs a brisk pod with the installed shim, then
+# purges the package and checks that every file is gone. Refuses to run where
+# brisk is already installed (it would remove the operator's copy).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+if ! command -v cargo >/dev/null && [[ -x ${HOME:-/root}/.cargo/bin/cargo ]]; then
+    export PATH="${HOME:-/root}/.cargo/bin:$PATH"
+fi
+if [[ $(id -u) -ne 0 ]]; then
+    echo "test-deb: needs root (dpkg -i)" >&2
+    exit 1
+fi
+
+deb=${1:-$("$ROOT/scripts/build-deb.sh" 2>/dev/null)}
+[[ -f $deb ]] || { echo "test-deb: no package: $deb" >&2; exit 1; }
+pkg=$(dpkg-deb -f "$deb" Package)
+version=$(dpkg-deb -f "$deb" Version)
+
+if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+    echo "test-deb: $pkg is installed on this machine already; not touching it" >&2
+    exit 1
+fi
+files=()
+while IFS= read -r f; do
+    files+=("/${f#./}")
+done < <(dpkg-deb --fsys-tarfile "$deb" | tar -t | grep -v '/$')
+for f in "${files[@]}"; do
+    if [[ -e $f ]]; then
+        echo "test-deb: $f exists already (not from the package); not touching it" >&2
+        exit 1
+    fi
+done
+
+installed=0
+fail() {
+    echo "test-deb: FAIL: $*" >&2
+    exit 1
+}
+cleanup() {
+    local rc=$?
+    trap - EXIT
+    if ((installed)); then
+        dpkg --purge "$pkg" >/dev/null || { echo "test-deb: dpkg --purge $pkg failed" >&2; rc=1; }
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+
+echo "== dpkg -i $deb"
+dpkg -i "$deb"
+installed=1
+
+dpkg-query -W -f='${Status} ${Version}\n' "$pkg" | grep -qx "install ok installed $version" ||
+    fail "dpkg does not list $pkg $version as installed"
+for f in "${files[@]}"; do
+    [[ -e $f ]] || fail "$f missing after install"
+done
+for f in /usr/bin/containerd-shim-brisk-v2 /usr/bin/brisk-ctl \
+    /usr/share/doc/brisk/README.md /usr/share/doc/brisk/examples/brisk.toml \
+    /usr/share/doc/brisk/examples/containerd/v2-brisk.toml \
+    /usr/share/doc/brisk/examples/containerd/v3-brisk.toml \
+    /usr/share/doc/brisk/examples/kubernetes/runtimeclass.yaml; do
+    [[ -e $f ]] || fail "$f not installed"
+    dpkg -S "$f" >/dev/null 2>&1 || fail "$f not owned by $pkg"
+done
+[[ -x /usr/bin/containerd-shim-brisk-v2 ]] || fail "shim not executable"
+[[ $(command -v containerd-shim-brisk-v2) == /usr/bin/containerd-shim-brisk-v2 ]] ||
+    fail "containerd-shim-brisk-v2 on PATH is $(command -v containerd-shim-brisk-v2)"
+
+echo "== containerd-shim-brisk-v2 --version"
+out=$(containerd-shim-brisk-v2 --version) || fail "--version failed"
+echo "$out"
+[[ $out == *"${version%%-*}"* ]] || fail "--version does not show ${version%%-*}"
+echo "== brisk-ctl --version"
+brisk-ctl --version || fail "brisk-ctl --version failed"
+
+echo "== a brisk pod with the installed shim"
+BRISK_SHIM_BIN=/usr/bin/containerd-shim-brisk-v2 \
+    cargo test --release --quiet -p brisk-integration --test deploy -- --exact brisk_toml_example_runs_a_pod ||
+    fail "the installed shim does not run a pod"
+
+echo "== dpkg --purge $pkg"
+installed=0
+dpkg --purge "$pkg"
+if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'installed'; then
+    fail "$pkg still installed after purge"
+fi
+for f in "${files[@]}" /usr/share/doc/brisk; do
+    [[ ! -e $f ]] || fail "$f left after purge"
+done
+echo "test-deb: ok ($pkg $version installed, checked, purged)"
