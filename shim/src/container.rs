@@ -84,6 +84,8 @@ pub struct Container {
     pub execs: HashMap<String, Process>,
     /// The rootfs, when the shim mounted it.
     pub rootfs: Option<MountedRootfs>,
+    /// Kills of the init that runc is still running; Delete waits for them.
+    pub kills_in_flight: usize,
 }
 
 impl Container {

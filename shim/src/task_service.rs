@@ -80,6 +80,22 @@ impl Drop for Reservation {
     }
 }
 
+/// Counts a Kill of a container's init while runc runs it.
+struct KillInFlight(Shared<Container>);
+
+impl KillInFlight {
+    fn new(c: &Shared<Container>) -> Self {
+        container::lock(c).kills_in_flight += 1;
+        KillInFlight(c.clone())
+    }
+}
+
+impl Drop for KillInFlight {
+    fn drop(&mut self) {
+        container::lock(&self.0).kills_in_flight -= 1;
+    }
+}
+
 struct Busy(Arc<Inner>);
 
 impl Drop for Busy {
@@ -357,6 +373,7 @@ impl TaskService {
             init,
             execs: HashMap::new(),
             rootfs,
+            kills_in_flight: 0,
         }));
         {
             let mut map = self.inner.containers.lock().unwrap();
@@ -505,6 +522,14 @@ impl TaskService {
             )
         };
         info!(id, "deleting container");
+        let waited = Instant::now();
+        while container::lock(&c).kills_in_flight > 0 && waited.elapsed() < Duration::from_secs(60)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if waited.elapsed() > Duration::from_millis(100) {
+            info!(id, waited = ?waited.elapsed(), "delete waited for a kill in flight");
+        }
         // A created container still has its init blocked in runc; force kills it.
         if let Err(e) = runc.delete(id, was_created).await {
             if e.is_not_found() {
@@ -811,6 +836,9 @@ impl Task for TaskService {
             "kill"
         );
         if req.exec_id.is_empty() {
+            // Delete waits for this call: containerd drops the task's
+            // connection once Delete answers, which would cut our answer off.
+            let _kill = KillInFlight::new(&c);
             runc.kill(&req.id, req.signal, req.all)
                 .await
                 .map_err(|e| self.runc_failed(&c, &req.id, e))?;
