@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: `sudo ./scripts/test.sh [extra cargo test args]`.
-# With BRISK_DEB=1 it also builds and checks the .deb (scripts/test-deb.sh),
-# and runs the containerd/runc compatibility matrix (scripts/test-matrix.sh).
+# With BRISK_DEB=1 it also builds and checks the .deb (scripts/test-deb.sh).
+# With BRISK_MATRIX=1 it runs the containerd/runc compatibility matrix (scripts/test-matrix.sh).
 # Installs what is missing, builds the test images and the workspace, runs the
 # unit and integration tests (integration tests need root), and checks that
 # no test instance was left behind.
