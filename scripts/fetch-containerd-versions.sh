@@ -242,7 +242,9 @@ for w in "${missing[@]}"; do
                 log "$name does not load with this libc: $err"
                 give_own_libc "$DIR/$name"
             fi
-            "$DIR/$name/usr/sbin/runc" --version | head -n1 >&2
+            # Not `| head -n1`: with pipefail, runc's SIGPIPE would fail the script.
+            out=$("$DIR/$name/usr/sbin/runc" --version)
+            echo "${out%%$'\n'*}" >&2
             ;;
     esac
     touch "$DIR/$name/.complete"

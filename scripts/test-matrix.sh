@@ -66,7 +66,8 @@ for v in "${CONTAINERD_ORDER[@]}"; do
     [[ $out == *" $v"* || $out == *" v$v"* ]] || { echo "test-matrix: ${CONTAINERD[$v]} is not $v: $out" >&2; exit 1; }
 done
 for v in "${RUNC_ORDER[@]}"; do
-    out=$("${RUNC[$v]}" --version | head -n1) || { echo "test-matrix: ${RUNC[$v]} does not run" >&2; exit 1; }
+    out=$("${RUNC[$v]}" --version) || { echo "test-matrix: ${RUNC[$v]} does not run" >&2; exit 1; }
+    out=${out%%$'\n'*}
     [[ $out == "runc version $v."* ]] || { echo "test-matrix: ${RUNC[$v]} is not $v: $out" >&2; exit 1; }
 done
 
