@@ -67,7 +67,7 @@ trap 'exit 130' INT TERM
 cp "$BRISK_SHIM_BIN" "$work/containerd-shim-brisk-v2"
 export BRISK_SHIM_BIN=$work/containerd-shim-brisk-v2
 
-"$ROOT/target/release/brisk-pressure" --writer-dir "$work/writer" "$@" &
+"$BIN_DIR/brisk-pressure" --writer-dir "$work/writer" "$@" &
 pid=$!
 status=0
 wait "$pid" || status=$?

@@ -4,4 +4,4 @@
 # `sudo ./scripts/bench.sh [--iterations 20] [--containers 5] [--handlers runc,brisk]`
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cargo build --release --workspace --quiet
-exec "$ROOT/target/release/brisk-bench" "$@"
+exec "$BIN_DIR/brisk-bench" "$@"

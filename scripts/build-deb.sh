@@ -22,11 +22,14 @@ if [[ $("$TOOLS/bin/cargo-deb" --version 2>/dev/null) != *" $CARGO_DEB_VERSION"*
 fi
 
 cargo build --release --workspace --quiet >&2
+# The workspace builds for an explicit target (.cargo/config.toml); tell
+# cargo-deb, which then reads the assets from target/<tuple>/release.
+HOST_TUPLE=$(rustc -vV | sed -n 's/^host: //p')
 out=$ROOT/target/debian
 mkdir -p "$out"
 rm -f "$out"/brisk_*.deb
 # The binaries are already built (and stripped by the release profile).
-"$TOOLS/bin/cargo-deb" -p brisk-shim --no-build --no-strip --output "$out" >&2
+"$TOOLS/bin/cargo-deb" -p brisk-shim --target "$HOST_TUPLE" --no-build --no-strip --output "$out" >&2
 deb=$(echo "$out"/brisk_*.deb)
 [[ -f $deb ]] || { echo "build-deb: no package in $out" >&2; exit 1; }
 dpkg-deb --info "$deb" >&2

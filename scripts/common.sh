@@ -13,7 +13,11 @@ fi
 
 export BRISK_IMAGES_DIR=${BRISK_IMAGES_DIR:-$ROOT/target/images}
 "$ROOT/scripts/build-images.sh" "$BRISK_IMAGES_DIR" >/dev/null
-export BRISK_SHIM_BIN=${BRISK_SHIM_BIN:-$ROOT/target/release/containerd-shim-brisk-v2}
+# The workspace builds for an explicit target (.cargo/config.toml), so
+# release binaries land in target/<host tuple>/release.
+HOST_TUPLE=$(rustc -vV | sed -n 's/^host: //p')
+BIN_DIR="$ROOT/target/$HOST_TUPLE/release"
+export BRISK_SHIM_BIN=${BRISK_SHIM_BIN:-$BIN_DIR/containerd-shim-brisk-v2}
 
 # Leftovers of earlier test instances that could not clean up after themselves
 # (their process was SIGKILLed): name them; the harness sweeps them on start.

@@ -7,4 +7,4 @@
 # `sudo ./scripts/demo.sh [--handler brisk|runc] [--delay-secs 10] [--no-compare]`
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cargo build --release --workspace --quiet
-exec "$ROOT/target/release/brisk-demo" "$@"
+exec "$BIN_DIR/brisk-demo" "$@"

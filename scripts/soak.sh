@@ -5,4 +5,4 @@
 #   sudo ./scripts/soak.sh [--pods N] [--tasks-per-pod N] [--delayed-shims N] [--delay-ms N]
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cargo build --release --workspace --quiet
-exec "$ROOT/target/release/brisk-soak" "$@"
+exec "$BIN_DIR/brisk-soak" "$@"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: `sudo ./scripts/test.sh [extra cargo test args]`.
-# With BRISK_DEB=1 it also builds and checks the .deb (scripts/test-deb.sh).
-# With BRISK_MATRIX=1 it runs the containerd/runc compatibility matrix (scripts/test-matrix.sh).
+# Besides the suite it builds and checks the .deb (scripts/test-deb.sh) and
+# runs the containerd/runc compatibility matrix (scripts/test-matrix.sh);
+# BRISK_SKIP_DEB=1 and BRISK_SKIP_MATRIX=1 leave those out.
 # Installs what is missing, builds the test images and the workspace, runs the
 # unit and integration tests (integration tests need root), and checks that
 # no test instance was left behind.
@@ -18,9 +19,7 @@ cargo build --release --workspace
 # target/containerd-versions); tests/deploy.rs loads the config snippets
 # into each. BRISK_SKIP_MATRIX=1 skips fetching them and the matrix.
 matrix=1
-# Opt-in for now (BRISK_MATRIX=1): the fetch of later releases is not yet
-# reliable on a fresh machine.
-[[ $(id -u) -eq 0 && -n ${BRISK_MATRIX:-} && -z ${BRISK_SKIP_INTEGRATION:-} ]] || matrix=0
+[[ $(id -u) -eq 0 && -z ${BRISK_SKIP_MATRIX:-} && -z ${BRISK_SKIP_INTEGRATION:-} ]] || matrix=0
 if ((matrix)); then
     echo "== scripts/fetch-containerd-versions.sh"
     export BRISK_CONTAINERD_VERSIONS_DIR=${BRISK_CONTAINERD_VERSIONS_DIR:-$ROOT/target/containerd-versions}
@@ -34,7 +33,7 @@ cargo test --workspace --release --no-fail-fast "$@" || status=$?
 
 # With extra arguments (a filtered run) only the suite runs.
 if (($# == 0)) && [[ $(id -u) -eq 0 && -z ${BRISK_SKIP_INTEGRATION:-} ]]; then
-    if [[ -n ${BRISK_DEB:-} ]]; then
+    if [[ -z ${BRISK_SKIP_DEB:-} ]]; then
         echo "== scripts/test-deb.sh (build, dpkg -i, check, dpkg --purge)"
         "$ROOT/scripts/test-deb.sh" || status=1
     fi

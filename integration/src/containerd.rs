@@ -39,13 +39,26 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The brisk shim binary: `$BRISK_SHIM_BIN` or `<workspace>/target/release/containerd-shim-brisk-v2`.
+/// The directory cargo put this executable's sibling binaries in: the one
+/// holding the running executable, or its parent for a test binary in
+/// `deps/`. It follows the profile and the build target (the workspace builds
+/// for an explicit target, see `.cargo/config.toml`).
+pub fn built_bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
+}
+
+/// The brisk shim binary: `$BRISK_SHIM_BIN`, or the one built next to this
+/// executable (`target/<host tuple>/release/containerd-shim-brisk-v2`).
 pub fn brisk_shim_bin() -> PathBuf {
     match std::env::var_os("BRISK_SHIM_BIN") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => workspace_root()
-            .join("target/release")
-            .join(BRISK_SHIM_NAME),
+        _ => built_bin_dir().join(BRISK_SHIM_NAME),
     }
 }
 

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oci_spec::runtime::{LinuxResources, Process};
+use oci_spec::runtime::LinuxResources;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
@@ -170,21 +170,19 @@ impl Runc {
         self.run("update", args, inv).await.map(drop)
     }
 
-    /// `runc exec --detach` of `process`, written to a file in `bundle`.
+    /// `runc exec --detach` of a process spec (OCI `Process`, JSON), written
+    /// to a file in `bundle`. The bytes go to runc as given, so fields this
+    /// crate does not model survive.
     pub async fn exec(
         &self,
         id: &str,
         exec_id: &str,
         bundle: &Path,
-        process: &Process,
+        process_json: &[u8],
         opts: ExecOpts,
     ) -> Result<()> {
         let spec_path = bundle.join(format!(".exec-{exec_id}.json"));
-        let json = serde_json::to_vec(process).map_err(|source| RuncError::Decode {
-            command: "exec".into(),
-            source,
-        })?;
-        tokio::fs::write(&spec_path, json)
+        tokio::fs::write(&spec_path, process_json)
             .await
             .map_err(|source| RuncError::Io {
                 command: "exec".into(),

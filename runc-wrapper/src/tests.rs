@@ -1,14 +1,24 @@
-use std::{io::Write, os::unix::fs::PermissionsExt, sync::Arc};
+use std::{io::Write, sync::Arc};
 
 use super::*;
 
 /// Writes a fake runc that answers each subcommand the way real runc does.
+///
+/// A child process writes the file: had this process opened it for writing,
+/// another test thread forking at that moment would hold the write fd until
+/// its exec, and executing the script then fails with "Text file busy".
 fn fake_runc(dir: &Path, body: &str) -> PathBuf {
     let path = dir.join("runc");
-    let mut f = std::fs::File::create(&path).unwrap();
-    writeln!(f, "#!/bin/sh\n{body}").unwrap();
-    drop(f);
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "#!/bin/sh\n{body}").unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
     path
 }
 

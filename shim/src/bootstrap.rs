@@ -15,11 +15,11 @@ use containerd_shim::{
     Config, Error as FrameworkError, Flags, StartOpts,
 };
 use containerd_shim_protos::{api::DeleteResponse, protobuf::MessageField};
-use oci_spec::runtime::Spec;
 use runc_wrapper::{DirectWait, Runc};
 use tracing::{info, warn};
 
 use crate::{
+    bundle_spec::BundleSpec,
     config::RuntimeConfig,
     events::EventSink,
     reaper::Reaper,
@@ -48,11 +48,9 @@ pub struct BriskShim {
 const UNMOUNT_GRACE: Duration = Duration::from_secs(60);
 
 /// The shim that serves `id`: the pod's group annotation, else the id itself.
-pub fn grouping(spec: Option<&Spec>, id: &str) -> String {
-    spec.and_then(|s| s.annotations().as_ref())
-        .and_then(|a| GROUP_ANNOTATIONS.iter().find_map(|k| a.get(*k)))
-        .cloned()
-        .unwrap_or_else(|| id.to_string())
+pub fn grouping(spec: Option<&BundleSpec>, id: &str) -> String {
+    spec.and_then(|s| GROUP_ANNOTATIONS.iter().find_map(|k| s.annotation(k)))
+        .map_or_else(|| id.to_string(), String::from)
 }
 
 #[async_trait]
@@ -76,7 +74,7 @@ impl Shim for BriskShim {
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        let spec = Spec::load(self.bundle.join("config.json")).ok();
+        let spec = BundleSpec::load(&self.bundle).ok();
         let group = grouping(spec.as_ref(), &opts.id);
         let address = spawn(opts, &group, Vec::new()).await?;
         write_str_to_file("address", &address).await?;
@@ -124,7 +122,9 @@ impl Shim for BriskShim {
         let reaper = Reaper::start().expect("install SIGCHLD handler");
         // Probe (and log) volatile support once, before the first Create needs it.
         let _ = tokio::task::spawn_blocking(volatile::supported).await;
-        let events = EventSink::new(publisher, self.namespace.clone());
+        // Only its address: events go through our own forwarder (events.rs).
+        let events = EventSink::new(publisher.address.clone(), self.namespace.clone());
+        drop(publisher);
         info!(
             namespace = self.namespace,
             id = self.id,

@@ -10,12 +10,15 @@ use std::{
 use cgroups_rs::fs::{hierarchies, Subsystem};
 use containerd_shim_protos::{
     cgroups::metrics::Metrics,
-    protobuf::{well_known_types::any::Any, Message, MessageDyn},
+    protobuf::{well_known_types::any::Any, Message},
 };
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, info};
 
 use crate::error::{Result, ShimError};
+
+/// The name containerd registers `Metrics` under (its protobuf full name).
+const METRICS_TYPE_URL: &str = "io.containerd.cgroups.v1.Metrics";
 
 /// Metrics of the cgroup of `pid`, as containerd's `io.containerd.cgroups.v1.Metrics`.
 pub fn collect(pid: u32) -> Result<Any> {
@@ -43,8 +46,10 @@ pub fn collect(pid: u32) -> Result<Any> {
         }
     }
     Ok(Any {
-        // containerd registers the type under its bare full name.
-        type_url: metrics.descriptor_dyn().full_name().to_string(),
+        // containerd registers the type under its bare full name. Spelled
+        // out rather than read by reflection, which would build protobuf's
+        // descriptor pool in the shim just for this string.
+        type_url: METRICS_TYPE_URL.to_string(),
         value: metrics
             .write_to_bytes()
             .map_err(|e| ShimError::Other(e.to_string()))?,
@@ -145,5 +150,16 @@ async fn watch_oom_v2(dir: &Path, on_oom: impl Fn()) {
             Some(_) => {}
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_shim_protos::protobuf::MessageFull;
+
+    #[test]
+    fn metrics_type_url_is_the_protobuf_full_name() {
+        assert_eq!(METRICS_TYPE_URL, Metrics::descriptor().full_name());
     }
 }

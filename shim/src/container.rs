@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oci_spec::runtime::Process as ProcessSpec;
+use crate::bundle_spec::ExecProcessSpec;
 use runc_wrapper::Runc;
 use tokio::sync::watch;
 use tracing::warn;
@@ -35,14 +35,14 @@ pub struct Process {
     /// Pty master kept for ResizePty.
     pub console: Option<File>,
     /// The exec's process spec, until Start runs it.
-    pub spec: Option<ProcessSpec>,
+    pub spec: Option<ExecProcessSpec>,
     /// Start is running runc; an exit seen meanwhile is published after TaskStart.
     pub start_pending: bool,
     exited: watch::Sender<Option<ExitInfo>>,
 }
 
 impl Process {
-    pub fn new(id: String, stdio: StdioPaths, spec: Option<ProcessSpec>) -> Self {
+    pub fn new(id: String, stdio: StdioPaths, spec: Option<ExecProcessSpec>) -> Self {
         Process {
             id,
             pid: 0,

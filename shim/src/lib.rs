@@ -11,6 +11,7 @@
 #![warn(clippy::await_holding_lock)]
 
 pub mod bootstrap;
+pub mod bundle_spec;
 pub mod canary;
 pub mod cgroup_metrics;
 pub mod config;

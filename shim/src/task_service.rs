@@ -28,11 +28,12 @@ use containerd_shim_protos::{
     topics,
     ttrpc::{self, r#async::TtrpcContext},
 };
-use oci_spec::runtime::{LinuxResources, Process as ProcessSpec, Spec};
+use oci_spec::runtime::LinuxResources;
 use runc_wrapper::{CreateOpts, ExecOpts, ProcessIo, Runc, RuncError};
 use tracing::{debug, info, warn};
 
 use crate::{
+    bundle_spec::{BundleSpec, ExecProcessSpec},
     cgroup_metrics,
     config::RuntimeConfig,
     container::{self, Container, Process},
@@ -274,11 +275,7 @@ impl TaskService {
             return Err(ShimError::Unimplemented("restoring from a checkpoint"));
         }
         let bundle = PathBuf::from(&req.bundle);
-        let spec_path = bundle.join("config.json");
-        let spec = Spec::load(&spec_path).map_err(|e| ShimError::Bundle {
-            path: spec_path.clone(),
-            reason: format!("invalid or missing config.json: {e}"),
-        })?;
+        let spec = BundleSpec::load(&bundle)?;
         let cfg = RuntimeConfig::from_create_options(&self.inner.namespace, req.options.as_ref())?;
         cfg.save(&bundle)?;
         let runc = Runc::new(
@@ -472,7 +469,7 @@ impl TaskService {
             let console = ConsoleSocket::new()?;
             opts.console_socket = Some(console.path().to_path_buf());
             let (done, master) =
-                tokio::join!(runc.exec(&id, exec_id, &bundle, &spec, opts), async {
+                tokio::join!(runc.exec(&id, exec_id, &bundle, spec.json(), opts), async {
                     tokio::time::timeout(CONSOLE_TIMEOUT, console.receive_master()).await
                 });
             done?;
@@ -482,7 +479,7 @@ impl TaskService {
         } else {
             let (io, h): (ProcessIo, _) = stdio::open_direct(&paths)?;
             opts.io = io;
-            runc.exec(&id, exec_id, &bundle, &spec, opts).await?;
+            runc.exec(&id, exec_id, &bundle, spec.json(), opts).await?;
             held = h;
         }
         let pid = read_pid(&pid_file).await?;
@@ -561,11 +558,9 @@ impl TaskService {
 }
 
 /// False when the pod asked for no volatile rootfs through the annotation.
-fn volatile_wanted(spec: &Spec) -> bool {
+fn volatile_wanted(spec: &BundleSpec) -> bool {
     let off = spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(volatile::ANNOTATION))
+        .annotation(volatile::ANNOTATION)
         .is_some_and(|v| v.eq_ignore_ascii_case("false"));
     !off
 }
@@ -859,7 +854,7 @@ impl Task for TaskService {
         if req.exec_id.is_empty() {
             return Err(ShimError::InvalidArgument("exec id is empty".into()).into());
         }
-        let spec: ProcessSpec = serde_json::from_slice(&req.spec.value).map_err(|e| {
+        let spec = ExecProcessSpec::parse(&req.spec.value).map_err(|e| {
             ShimError::InvalidArgument(format!("exec {} process spec: {e}", req.exec_id))
         })?;
         {

@@ -1,0 +1,130 @@
+//! The parts of an OCI spec the shim itself acts on.
+//!
+//! runc reads and validates the whole `config.json`, and the whole exec
+//! process spec; the shim only needs a handful of fields from them. Decoding
+//! only those keeps every shim small: oci-spec's complete `Spec` decoder
+//! brings several hundred kilobytes of code (a regex engine among them, for a
+//! single field) into a process that runs once per pod. Passing the exec
+//! process spec to runc as containerd sent it, rather than re-encoding it,
+//! also keeps fields a given oci-spec release does not know about.
+
+use std::{collections::HashMap, path::Path};
+
+use serde::Deserialize;
+
+use crate::error::{Result, ShimError};
+
+/// What the shim reads of a bundle's `config.json`.
+#[derive(Debug, Default, Deserialize)]
+pub struct BundleSpec {
+    #[serde(default, rename = "ociVersion")]
+    pub oci_version: String,
+    #[serde(default)]
+    pub annotations: Option<HashMap<String, String>>,
+}
+
+impl BundleSpec {
+    pub fn load(bundle: &Path) -> Result<Self> {
+        let path = bundle.join("config.json");
+        let bad = |reason: String| ShimError::Bundle {
+            path: path.clone(),
+            reason: format!("invalid or missing config.json: {reason}"),
+        };
+        let bytes = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+        Self::parse(&bytes).map_err(bad)
+    }
+
+    /// Decode a spec; it must at least be a JSON object with an `ociVersion`.
+    pub fn parse(bytes: &[u8]) -> std::result::Result<Self, String> {
+        let spec: BundleSpec = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if spec.oci_version.is_empty() {
+            return Err("no ociVersion".into());
+        }
+        Ok(spec)
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations.as_ref()?.get(key).map(String::as_str)
+    }
+}
+
+/// An exec's process spec: checked for shape, kept as the bytes containerd
+/// sent, and handed to runc unchanged.
+#[derive(Debug, Clone)]
+pub struct ExecProcessSpec {
+    json: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct ExecProcessShape {
+    args: Option<Vec<String>>,
+    #[serde(rename = "commandLine")]
+    command_line: Option<String>,
+    cwd: String,
+}
+
+impl ExecProcessSpec {
+    /// The fields runc cannot start a process without must be there, with
+    /// the right types, so that a bad request fails here with a clear error
+    /// rather than later inside runc.
+    pub fn parse(json: &[u8]) -> std::result::Result<Self, String> {
+        let shape: ExecProcessShape = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        let has_args = shape.args.is_some_and(|a| !a.is_empty());
+        if !has_args && shape.command_line.is_none() {
+            return Err("no args".into());
+        }
+        if shape.cwd.is_empty() {
+            return Err("empty cwd".into());
+        }
+        Ok(ExecProcessSpec {
+            json: json.to_vec(),
+        })
+    }
+
+    pub fn json(&self) -> &[u8] {
+        &self.json
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_spec_reads_annotations_and_ignores_the_rest() {
+        let s = BundleSpec::parse(
+            br#"{"ociVersion":"1.0.2","process":{"args":["sh"],"execCPUAffinity":{"initial":"0-1"}},
+                "annotations":{"io.kubernetes.cri.sandbox-id":"abc"},"linux":{"namespaces":[]}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.annotation("io.kubernetes.cri.sandbox-id"), Some("abc"));
+        assert_eq!(s.annotation("missing"), None);
+    }
+
+    #[test]
+    fn bundle_spec_rejects_what_is_not_a_spec() {
+        assert!(BundleSpec::parse(b"{ this is not json").is_err());
+        assert!(BundleSpec::parse(b"[]").is_err());
+        assert!(BundleSpec::parse(b"{}").unwrap_err().contains("ociVersion"));
+        assert!(BundleSpec::parse(br#"{"ociVersion":"1","annotations":{"a":1}}"#).is_err());
+        assert!(BundleSpec::parse(br#"{"ociVersion":"1","annotations":null}"#).is_ok());
+    }
+
+    #[test]
+    fn exec_spec_is_kept_byte_for_byte() {
+        let raw = br#"{"args":["sh","-c","true"],"cwd":"/","futureField":{"x":1}}"#;
+        let s = ExecProcessSpec::parse(raw).unwrap();
+        assert_eq!(s.json(), raw);
+    }
+
+    #[test]
+    fn exec_spec_needs_args_and_cwd() {
+        assert!(ExecProcessSpec::parse(b"not json").is_err());
+        assert!(ExecProcessSpec::parse(br#"{"cwd":"/"}"#)
+            .unwrap_err()
+            .contains("args"));
+        assert!(ExecProcessSpec::parse(br#"{"args":[],"cwd":"/"}"#).is_err());
+        assert!(ExecProcessSpec::parse(br#"{"args":["sh"]}"#).is_err());
+        assert!(ExecProcessSpec::parse(br#"{"args":"sh","cwd":"/"}"#).is_err());
+    }
+}
