@@ -41,12 +41,15 @@ pub fn workspace_root() -> PathBuf {
 
 /// The directory cargo put this executable's sibling binaries in: the one
 /// holding the running executable, or its parent for a test binary in
-/// `deps/`. It follows the profile and the build target (the workspace builds
+/// `deps/` or an example in `examples/`. It follows the profile and the build target (the workspace builds
 /// for an explicit target, see `.cargo/config.toml`).
 pub fn built_bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.file_name().is_some_and(|n| n == "deps") {
+    if dir
+        .file_name()
+        .is_some_and(|n| n == "deps" || n == "examples")
+    {
         dir.parent().map(Path::to_path_buf).unwrap_or(dir)
     } else {
         dir

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
@@ -151,19 +151,31 @@ impl Cri {
             .enable_all()
             .build()?;
         let path = socket.to_path_buf();
+        // containerd creates the socket file a moment before it listens on
+        // it (and a loaded machine stretches that moment): retry a refusal.
         let channel = rt.block_on(async move {
-            Endpoint::try_from("http://[::]:50051")?
-                .connect_timeout(Duration::from_secs(10))
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(
-                            tokio::net::UnixStream::connect(path).await?,
-                        ))
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let path = path.clone();
+                let attempt = Endpoint::try_from("http://[::]:50051")?
+                    .connect_timeout(Duration::from_secs(10))
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let path = path.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(TokioIo::new(
+                                tokio::net::UnixStream::connect(path).await?,
+                            ))
+                        }
+                    }))
+                    .await;
+                match attempt {
+                    Ok(channel) => break Ok(channel),
+                    Err(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
                     }
-                }))
-                .await
-                .context("connect CRI socket")
+                    Err(e) => break Err(anyhow::Error::from(e).context("connect CRI socket")),
+                }
+            }
         })?;
         Ok(Cri {
             rt,

@@ -16,16 +16,11 @@ use containerd_shim::{
 };
 use containerd_shim_protos::{api::DeleteResponse, protobuf::MessageField};
 use runc_wrapper::{DirectWait, Runc};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
-    bundle_spec::BundleSpec,
-    config::RuntimeConfig,
-    events::EventSink,
-    reaper::Reaper,
-    rootfs::{self, Unmounter},
-    task_service::TaskService,
-    volatile,
+    bundle_spec::BundleSpec, config::RuntimeConfig, detached::Detached, events::EventSink,
+    reaper::Reaper, rootfs, task_service::TaskService,
 };
 
 /// Annotations that put a container into an existing shim, most specific first.
@@ -39,7 +34,7 @@ pub struct BriskShim {
     id: String,
     bundle: PathBuf,
     exit: Arc<ExitSignal>,
-    unmounter: Unmounter,
+    detached: Detached,
     /// The socket this shim serves (empty for `start` and `delete`).
     socket: String,
 }
@@ -68,7 +63,7 @@ impl Shim for BriskShim {
             id: args.id.clone(),
             bundle,
             exit: Arc::new(ExitSignal::default()),
-            unmounter: Unmounter::default(),
+            detached: Detached::default(),
             socket: args.socket.clone(),
         }
     }
@@ -96,14 +91,14 @@ impl Shim for BriskShim {
 
     async fn wait(&mut self) {
         self.exit.wait().await;
-        if self.unmounter.pending() > 0 {
+        if self.detached.pending() > 0 {
             info!(
-                pending = self.unmounter.pending(),
-                "waiting for rootfs unmounts before exit"
+                pending = self.detached.pending(),
+                "waiting for rootfs unmounts and runc deletes before exit"
             );
-            let left = self.unmounter.wait_idle(UNMOUNT_GRACE).await;
+            let left = self.detached.wait_idle(UNMOUNT_GRACE).await;
             if left > 0 {
-                warn!(left, "exiting with rootfs unmounts still running; containerd's cleanup unmounts them");
+                warn!(left, "exiting with detached cleanup still running; containerd's cleanup unmounts the rootfs");
             }
         }
         // Remove the socket now, by the path we were started with: the
@@ -119,69 +114,98 @@ impl Shim for BriskShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        // containerd-shim builds the task service before it binds the
+        // socket; a process started for a container whose pod already has a
+        // shim finds the socket taken and exits right after this. So nothing
+        // costly here: volatile support is probed at the first Create.
         let reaper = Reaper::start().expect("install SIGCHLD handler");
-        // Probe (and log) volatile support once, before the first Create needs it.
-        let _ = tokio::task::spawn_blocking(volatile::supported).await;
         // Only its address: events go through our own forwarder (events.rs).
         let events = EventSink::new(publisher.address.clone(), self.namespace.clone());
         drop(publisher);
-        info!(
+        debug!(
             namespace = self.namespace,
             id = self.id,
-            "brisk shim serving"
+            "task service ready"
         );
         TaskService::new(
             self.namespace.clone(),
             reaper,
             events,
             self.exit.clone(),
-            self.unmounter.clone(),
+            self.detached.clone(),
         )
     }
 }
 
-/// `containerd-shim-brisk-v2 delete`: the shim of this container is gone, so
-/// remove its runc state and its rootfs mount with the settings saved at Create.
+/// `containerd-shim-brisk-v2 delete`: containerd runs it whenever its
+/// connection for a task closes, which includes every normal Delete, and
+/// waits for it before it reports the exit. Only a dead shim leaves work
+/// behind: its runc state and rootfs mount, removed here with the settings
+/// saved at Create. A live pod shim removes a container's runc state itself
+/// (at the exit, see `detached`), so nothing is asked of runc then: a second
+/// `runc delete` would race the shim's own and cost containerd a runc start
+/// on every exit.
 pub async fn cleanup_dead_shim(
     namespace: &str,
     id: &str,
     bundle: &Path,
 ) -> crate::error::Result<()> {
+    let socket = shim_socket(bundle);
+    if let ShimSocket::Served(path) = &socket {
+        info!(id, socket = %path.display(), "the pod's shim still serves; it cleans up after the container");
+        return Ok(());
+    }
     let cfg = RuntimeConfig::load_saved(bundle, namespace);
     let runc = Runc::new(&cfg.runc_binary, &cfg.runc_root, Arc::new(DirectWait))
         .with_systemd_cgroup(cfg.systemd_cgroup);
-    match runc.delete(id, true).await {
-        Ok(()) => info!(id, "runc state removed"),
-        Err(e) if e.is_not_found() => info!(id, "no runc state left"),
-        Err(e) => warn!(id, error = %e, "runc delete --force failed"),
+    if runc.root().join(id).exists() {
+        match runc.delete(id, true).await {
+            Ok(()) => info!(id, "runc state removed"),
+            Err(e) if e.is_not_found() => info!(id, "no runc state left"),
+            Err(e) => warn!(id, error = %e, "runc delete --force failed"),
+        }
+    } else {
+        info!(id, "no runc state left");
     }
     let target = rootfs::rootfs_of(bundle);
     tokio::task::spawn_blocking(move || rootfs::unmount_all(&target))
         .await
         .map_err(|e| crate::error::ShimError::Other(e.to_string()))??;
-    remove_dead_socket(bundle);
+    if let ShimSocket::Dead(path) = socket {
+        match std::fs::remove_file(&path) {
+            Ok(()) => info!(socket = %path.display(), "removed the dead shim's socket"),
+            Err(e) => {
+                warn!(socket = %path.display(), error = %e, "cannot remove the dead shim's socket")
+            }
+        }
+    }
     Ok(())
 }
 
-/// Removes the pod shim's socket when nothing answers on it any more, so a
-/// killed shim leaves nothing in /run/containerd/s/. A live shim (serving the
-/// pod's other containers) keeps its socket.
-fn remove_dead_socket(bundle: &Path) {
+/// What answers on the pod shim's socket, named by the bundle's `address`.
+enum ShimSocket {
+    /// A shim accepts connections: it is alive.
+    Served(PathBuf),
+    /// The socket file is there and refuses connections: its shim died.
+    Dead(PathBuf),
+    /// No address, no socket file, or neither answer (left alone).
+    Unknown,
+}
+
+fn shim_socket(bundle: &Path) -> ShimSocket {
     let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
-        return;
+        return ShimSocket::Unknown;
     };
-    let path = address.trim().trim_start_matches("unix://");
-    if path.is_empty() || !Path::new(path).exists() {
-        return;
+    let path = PathBuf::from(address.trim().trim_start_matches("unix://"));
+    if path.as_os_str().is_empty() || !path.exists() {
+        return ShimSocket::Unknown;
     }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => info!(socket = path, "shim socket still served, kept"),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            match std::fs::remove_file(path) {
-                Ok(()) => info!(socket = path, "removed the dead shim's socket"),
-                Err(e) => warn!(socket = path, error = %e, "cannot remove the dead shim's socket"),
-            }
+    match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(_) => ShimSocket::Served(path),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => ShimSocket::Dead(path),
+        Err(e) => {
+            warn!(socket = %path.display(), error = %e, "shim socket neither served nor refused, kept");
+            ShimSocket::Unknown
         }
-        Err(e) => warn!(socket = path, error = %e, "shim socket neither served nor refused, kept"),
     }
 }

@@ -86,6 +86,10 @@ pub struct Container {
     pub rootfs: Option<MountedRootfs>,
     /// Kills of the init that runc is still running; Delete waits for them.
     pub kills_in_flight: usize,
+    /// The outcome of the `runc delete` started once the init's exit was
+    /// published (None while it runs; true when runc's state is gone).
+    /// Delete waits on it instead of calling runc itself.
+    pub runc_deleted: Option<watch::Receiver<Option<bool>>>,
 }
 
 impl Container {

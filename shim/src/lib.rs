@@ -7,6 +7,7 @@
 //! - [`container`] and [`process_state`]: what is known about each container and
 //!   the state machine of each process.
 //! - [`reaper`]: the only `waitpid` of the shim.
+//! - [`detached`]: unmounts and `runc delete`s no call waits for.
 //! - [`rootfs`], [`stdio`], [`cgroup_metrics`], [`events`], [`config`]: the parts.
 #![warn(clippy::await_holding_lock)]
 
@@ -16,6 +17,7 @@ pub mod canary;
 pub mod cgroup_metrics;
 pub mod config;
 pub mod container;
+pub mod detached;
 pub mod doctor;
 pub mod error;
 pub mod events;

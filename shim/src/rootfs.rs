@@ -2,12 +2,7 @@
 //! on `bundle/rootfs`, and taking them down again.
 
 use std::{
-    collections::HashSet,
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
     time::{Duration, Instant},
 };
 
@@ -16,10 +11,12 @@ use nix::{
     errno::Errno,
     mount::{MntFlags, MsFlags},
 };
-use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::error::{Result, ShimError};
+use crate::{
+    detached::{Detached, WorkKey},
+    error::{Result, ShimError},
+};
 
 /// Unmounts slower than this are logged as warnings.
 const SLOW_UMOUNT: Duration = Duration::from_secs(1);
@@ -205,99 +202,42 @@ pub struct MountedRootfs {
     pub volatile_workdirs: Vec<PathBuf>,
 }
 
-/// Unmounts rootfs on detached workers and keeps count of those still
-/// running, so the shim can wait for them (within a bound) before it exits.
-#[derive(Debug, Default, Clone)]
-pub struct Unmounter {
-    pending: Arc<(AtomicUsize, Notify)>,
-    /// Targets and volatile workdirs of the unmounts still running.
-    busy_paths: Arc<Mutex<HashSet<PathBuf>>>,
+/// The keys of detached work on a rootfs: its target and its volatile
+/// workdirs (a new mount of the same snapshot needs both free).
+pub fn work_keys(target: &Path, workdirs: &[PathBuf]) -> Vec<WorkKey> {
+    std::iter::once(target)
+        .chain(workdirs.iter().map(PathBuf::as_path))
+        .map(|p| WorkKey::Path(p.to_path_buf()))
+        .collect()
 }
 
-impl Unmounter {
-    /// Starts the unmount and returns at once. The worker holds no lock:
-    /// nothing another call needs can wait on it. Failures are retried with
-    /// a log line each, and logged as errors when retries run out.
-    pub fn spawn(&self, id: String, rootfs: MountedRootfs) {
-        self.pending.0.fetch_add(1, Ordering::SeqCst);
-        let pending = self.pending.clone();
-        let paths: Vec<PathBuf> = std::iter::once(rootfs.target.clone())
-            .chain(rootfs.volatile_workdirs.iter().cloned())
-            .collect();
-        self.busy_paths
-            .lock()
-            .unwrap()
-            .extend(paths.iter().cloned());
-        let busy_paths = self.busy_paths.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut attempt = 1;
-            loop {
-                match unmount_all(&rootfs.target) {
-                    Ok(_) => {
-                        crate::volatile::clear_markers(&rootfs.volatile_workdirs);
-                        break;
-                    }
-                    Err(e) if attempt < UNMOUNT_ATTEMPTS => {
-                        warn!(id, attempt, error = %e, "rootfs unmount failed, retrying");
-                        std::thread::sleep(Duration::from_secs(attempt as u64));
-                        attempt += 1;
-                    }
-                    Err(e) => {
-                        tracing::error!(id, attempts = attempt, error = %e, "rootfs unmount failed for good; the mount is left in place");
-                        break;
-                    }
+/// Starts the unmount of a deleted container's rootfs and returns at once.
+/// The worker holds no lock: nothing another call needs can wait on it.
+/// Failures are retried with a log line each, and logged as errors when
+/// retries run out.
+pub fn unmount_detached(work: &Detached, id: String, rootfs: MountedRootfs) {
+    let job = work.begin(work_keys(&rootfs.target, &rootfs.volatile_workdirs));
+    tokio::task::spawn_blocking(move || {
+        let _job = job;
+        let mut attempt = 1;
+        loop {
+            match unmount_all(&rootfs.target) {
+                Ok(_) => {
+                    crate::volatile::clear_markers(&rootfs.volatile_workdirs);
+                    break;
+                }
+                Err(e) if attempt < UNMOUNT_ATTEMPTS => {
+                    warn!(id, attempt, error = %e, "rootfs unmount failed, retrying");
+                    std::thread::sleep(Duration::from_secs(attempt as u64));
+                    attempt += 1;
+                }
+                Err(e) => {
+                    tracing::error!(id, attempts = attempt, error = %e, "rootfs unmount failed for good; the mount is left in place");
+                    break;
                 }
             }
-            {
-                let mut busy = busy_paths.lock().unwrap();
-                for p in &paths {
-                    busy.remove(p);
-                }
-            }
-            pending.0.fetch_sub(1, Ordering::SeqCst);
-            pending.1.notify_waiters();
-        });
-    }
-
-    /// Waits (within `bound`) until no running unmount touches `paths`: a
-    /// new container on the same bundle or snapshot must not be detached by,
-    /// or refused because of, the previous one's cleanup. True when free.
-    pub async fn wait_paths_free(&self, paths: &[PathBuf], bound: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + bound;
-        loop {
-            let notified = self.pending.1.notified();
-            let busy = {
-                let set = self.busy_paths.lock().unwrap();
-                paths.iter().any(|p| set.contains(p))
-            };
-            if !busy {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return false;
-            }
         }
-    }
-
-    pub fn pending(&self) -> usize {
-        self.pending.0.load(Ordering::SeqCst)
-    }
-
-    /// Waits until no unmount is running, or `bound` passes. Returns how
-    /// many are still running.
-    pub async fn wait_idle(&self, bound: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + bound;
-        loop {
-            let notified = self.pending.1.notified();
-            let n = self.pending();
-            if n == 0 {
-                return 0;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.pending();
-            }
-        }
-    }
+    });
 }
 
 /// How often a failing unmount is tried before it is reported for good.

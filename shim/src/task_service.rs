@@ -37,17 +37,21 @@ use crate::{
     cgroup_metrics,
     config::RuntimeConfig,
     container::{self, Container, Process},
+    detached::{Detached, WorkKey},
     error::{Result, ShimError},
     events::EventSink,
     process_state::{Event, ExitInfo, ProcessState},
     reaper::{Exit, Reaper},
-    rootfs::{self, MountedRootfs, Unmounter},
+    rootfs::{self, MountedRootfs},
     stdio::{self, ConsoleSocket, StdioPaths},
     volatile,
 };
 
 /// How long Create waits for runc to send a terminal's pty master.
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a Create, or a shim about to exit, waits for detached cleanup
+/// (unmounts, runc deletes) before going on regardless.
+const WORK_WAIT: Duration = Duration::from_secs(60);
 
 type Shared<T> = Arc<Mutex<T>>;
 
@@ -63,7 +67,7 @@ struct Inner {
     reaper: Reaper,
     events: EventSink,
     exit: Arc<ExitSignal>,
-    unmounter: Unmounter,
+    detached: Detached,
     /// Ids whose Create is running.
     creating: Mutex<HashSet<String>>,
     /// Calls that talk to runc, running now.
@@ -124,7 +128,7 @@ impl TaskService {
         reaper: Reaper,
         events: EventSink,
         exit: Arc<ExitSignal>,
-        unmounter: Unmounter,
+        detached: Detached,
     ) -> Self {
         TaskService {
             inner: Arc::new(Inner {
@@ -133,7 +137,7 @@ impl TaskService {
                 reaper,
                 events,
                 exit,
-                unmounter,
+                detached,
                 creating: Mutex::new(HashSet::new()),
                 in_flight: AtomicUsize::new(0),
             }),
@@ -172,6 +176,18 @@ impl TaskService {
             .ok_or_else(|| ShimError::ContainerNotFound(id.to_string()))
     }
 
+    /// Waits for detached work of a previous container on the same id, bundle
+    /// or snapshot: the new one must neither collide with nor be undone by
+    /// that cleanup.
+    async fn wait_work_free(&self, id: &str, keys: &[WorkKey]) {
+        let started = Instant::now();
+        if !self.inner.detached.wait_free(keys, WORK_WAIT).await {
+            warn!(id, waited = ?started.elapsed(), "cleanup of a previous container on the same id or rootfs is still running; going on");
+        } else if started.elapsed() > Duration::from_millis(100) {
+            info!(id, waited = ?started.elapsed(), "waited for the cleanup of a previous container");
+        }
+    }
+
     /// Called by the exit watcher of a process once the reaper saw it exit.
     fn on_exit(&self, c: &Shared<Container>, exec_id: &str, exit: Exit) {
         let info = ExitInfo {
@@ -204,6 +220,7 @@ impl TaskService {
     fn publish_exits(&self, g: &mut Container) {
         let init_ready = !g.init.start_pending && !g.has_running_execs();
         let id = g.id.clone();
+        let mut remove_runc_state = false;
         let execs = g.execs.values_mut().map(|p| (p, false));
         let init = std::iter::once((&mut g.init, true));
         for (p, is_init) in execs.chain(init) {
@@ -214,6 +231,9 @@ impl TaskService {
                 continue;
             }
             let _ = p.apply(Event::ExitPublished);
+            if is_init {
+                remove_runc_state = true;
+            }
             self.inner.events.send(
                 topics::TASK_EXIT_EVENT_TOPIC,
                 TaskExit {
@@ -226,6 +246,56 @@ impl TaskService {
                 },
             );
         }
+        if remove_runc_state {
+            g.runc_deleted = Some(self.delete_runc_state_early(g.runc.clone(), id));
+        }
+    }
+
+    /// `runc delete` of a container whose init exited, started as soon as
+    /// its exit is published rather than when containerd's Delete comes:
+    /// CRI calls Delete on the exit and reports EXITED only once Delete
+    /// returns, so the exit event's way through containerd and runc's tens
+    /// of milliseconds overlap instead of adding up. Nothing runs in the
+    /// container any more: the start and the execs are done (the exit is
+    /// published only then), and for a container sharing a pid namespace
+    /// runc kills what is left, as the stock shim does at the exit.
+    ///
+    /// Delete still waits for the outcome, so that containerd keeps the
+    /// task, and cleans up after the shim itself, should the shim die
+    /// meanwhile. The job keeps the id busy, so a new container of that id
+    /// waits, and the shim waits for it before it exits.
+    fn delete_runc_state_early(
+        &self,
+        runc: Runc,
+        id: String,
+    ) -> tokio::sync::watch::Receiver<Option<bool>> {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let job = self
+            .inner
+            .detached
+            .begin(vec![WorkKey::Container(id.clone())]);
+        tokio::spawn(async move {
+            let _job = job;
+            let started = Instant::now();
+            let gone = match runc.delete(&id, false).await {
+                Ok(()) => true,
+                Err(e) if e.is_not_found() => true,
+                Err(e) => {
+                    warn!(id, error = %e, "runc delete failed, forcing");
+                    match runc.delete(&id, true).await {
+                        Ok(()) => true,
+                        Err(e) if e.is_not_found() => true,
+                        Err(e) => {
+                            tracing::error!(id, error = %e, "runc delete --force failed");
+                            false
+                        }
+                    }
+                }
+            };
+            info!(id, took = ?started.elapsed(), gone, "runc state removed at the exit");
+            let _ = tx.send(Some(gone));
+        });
+        rx
     }
 
     /// A runc call on a container failed. If the container exited while
@@ -286,6 +356,9 @@ impl TaskService {
         .with_systemd_cgroup(cfg.systemd_cgroup)
         .with_timeout(Duration::from_secs(cfg.runc_timeout_secs));
 
+        // A previous container of this id may still be leaving runc.
+        self.wait_work_free(&id, &[WorkKey::Container(id.clone())])
+            .await;
         let rootfs = if req.rootfs.is_empty() {
             None
         } else {
@@ -293,25 +366,14 @@ impl TaskService {
             let mut mounts = req.rootfs.clone();
             // The previous container of this bundle or snapshot may still be
             // unmounting; its worker must be done before we mount there.
-            let mut paths = vec![target.clone()];
-            paths.extend(
-                mounts
-                    .iter()
-                    .flat_map(|m| &m.options)
-                    .filter_map(|o| o.strip_prefix("workdir="))
-                    .map(PathBuf::from),
-            );
-            if !self
-                .inner
-                .unmounter
-                .wait_paths_free(&paths, Duration::from_secs(60))
-                .await
-            {
-                warn!(
-                    id,
-                    "a previous unmount of this rootfs is still running after 60s"
-                );
-            }
+            let workdirs: Vec<PathBuf> = mounts
+                .iter()
+                .flat_map(|m| &m.options)
+                .filter_map(|o| o.strip_prefix("workdir="))
+                .map(PathBuf::from)
+                .collect();
+            self.wait_work_free(&id, &rootfs::work_keys(&target, &workdirs))
+                .await;
             let t = target.clone();
             let enable = cfg.volatile && volatile_wanted(&spec);
             let discard = cfg.discard_dirty_volatile_workdir;
@@ -371,6 +433,7 @@ impl TaskService {
             execs: HashMap::new(),
             rootfs,
             kills_in_flight: 0,
+            runc_deleted: None,
         }));
         {
             let mut map = self.inner.containers.lock().unwrap();
@@ -506,7 +569,7 @@ impl TaskService {
             g.execs.remove(exec_id);
             return Ok(delete_response(pid, exit));
         }
-        let (runc, pid, exit, rootfs, was_created) = {
+        let (runc, pid, exit, rootfs, was_created, runc_deleted) = {
             let mut g = container::lock(&c);
             let was_created = g.init.state == ProcessState::Created;
             g.init.apply(Event::Delete)?;
@@ -516,6 +579,7 @@ impl TaskService {
                 info_of(&g.init),
                 g.rootfs.take(),
                 was_created,
+                g.runc_deleted.clone(),
             )
         };
         info!(id, "deleting container");
@@ -527,8 +591,19 @@ impl TaskService {
         if waited.elapsed() > Duration::from_millis(100) {
             info!(id, waited = ?waited.elapsed(), "delete waited for a kill in flight");
         }
-        // A created container still has its init blocked in runc; force kills it.
-        if let Err(e) = runc.delete(id, was_created).await {
+        // After an exit, runc's state is already being removed; wait for
+        // that. A created container still has its init blocked in runc;
+        // force kills it.
+        if let Some(mut done) = runc_deleted {
+            let waited = Instant::now();
+            let gone = done.wait_for(Option::is_some).await.ok().and_then(|g| *g);
+            debug!(id, waited = ?waited.elapsed(), "delete waited for the runc delete started at the exit");
+            if gone != Some(true) {
+                return Err(ShimError::Other(format!(
+                    "runc delete of {id} failed; see the shim log"
+                )));
+            }
+        } else if let Err(e) = runc.delete(id, was_created).await {
             if e.is_not_found() {
                 debug!(id, "runc state already gone");
             } else {
@@ -538,7 +613,7 @@ impl TaskService {
         }
         // The unmount runs detached; Delete does not wait for it.
         if let Some(r) = rootfs {
-            self.inner.unmounter.spawn(id.to_string(), r);
+            rootfs::unmount_detached(&self.inner.detached, id.to_string(), r);
         }
         self.inner.containers.lock().unwrap().remove(id);
         self.inner.events.send(
@@ -1016,8 +1091,8 @@ impl Task for TaskService {
         // then, so a new task of this pod may still land here.
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            if inner.unmounter.wait_idle(Duration::from_secs(60)).await > 0 {
-                warn!("exiting with rootfs unmounts still running; containerd's cleanup unmounts them");
+            if inner.detached.wait_idle(WORK_WAIT).await > 0 {
+                warn!("exiting with detached cleanup still running; containerd's cleanup unmounts the rootfs");
             }
             for _ in 0..100 {
                 if inner.in_flight.load(Ordering::SeqCst) == 0

@@ -6,6 +6,7 @@
 mod bad_input;
 mod common;
 mod config;
+mod detached_cleanup;
 mod direct;
 mod exiting;
 mod features;
