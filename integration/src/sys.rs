@@ -79,6 +79,28 @@ pub fn vm_rss_kib(pid: i32) -> Option<u64> {
         .ok()
 }
 
+/// Proportional set size (shared pages divided among their users), KiB.
+pub fn pss_kib(pid: i32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("Pss:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Number of threads of a process.
+pub fn threads(pid: i32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("Threads:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Does this argv carry `-address <addr>` (or `--address`, `-address=addr`)?
 pub fn argv_has_address(argv: &[String], address: &str) -> bool {
     argv.iter().enumerate().any(|(i, a)| {

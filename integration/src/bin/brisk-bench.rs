@@ -3,8 +3,13 @@
 //!
 //! * shim RSS for a pod with 1 container, and with N containers (growth per
 //!   extra container): sum of VmRSS of the shim processes serving the pod;
+//! * the same for PSS (shared pages split among the processes mapping them)
+//!   and the shims' thread count;
 //! * CRI create -> start -> exit seen -> remove time of a short container,
-//!   iterations alternating between the handlers; median and p90.
+//!   iterations alternating between the handlers; p50 and p99, and within it
+//!   the time from StartContainer returning to EXITED seen (the container's
+//!   `exit 0` takes about a millisecond, so this is exit -> EXITED);
+//! * the pod cycle: RunPodSandbox -> StopPodSandbox -> RemovePodSandbox.
 //!
 //! usage: brisk-bench [--iterations N] [--containers N] [--handlers runc,brisk]
 
@@ -24,9 +29,24 @@ struct Args {
 struct Result1 {
     rss_1_kib: u64,
     rss_n_kib: u64,
+    pss_1_kib: u64,
+    pss_n_kib: u64,
+    threads_1: u64,
+    threads_n: u64,
     shims_1: usize,
     shims_n: usize,
     cycle_ms: Vec<f64>,
+    exited_ms: Vec<f64>,
+    pod_ms: Vec<f64>,
+}
+
+/// One footprint sample of the shims serving a pod.
+#[derive(Default, Clone, Copy)]
+struct Footprint {
+    rss_kib: u64,
+    pss_kib: u64,
+    threads: u64,
+    shims: usize,
 }
 
 fn shims_of(cd: &Containerd, handler: &str) -> Vec<i32> {
@@ -37,19 +57,24 @@ fn shims_of(cd: &Containerd, handler: &str) -> Vec<i32> {
     }
 }
 
-fn rss_sum(pids: &[i32]) -> u64 {
-    pids.iter().filter_map(|&p| sys::vm_rss_kib(p)).sum()
+fn footprint(pids: &[i32]) -> Footprint {
+    Footprint {
+        rss_kib: pids.iter().filter_map(|&p| sys::vm_rss_kib(p)).sum(),
+        pss_kib: pids.iter().filter_map(|&p| sys::pss_kib(p)).sum(),
+        threads: pids.iter().filter_map(|&p| sys::threads(p)).sum(),
+        shims: pids.len(),
+    }
 }
 
-/// Let RSS settle, then sample a few times and keep the maximum.
-fn settled_rss(cd: &Containerd, handler: &str) -> (u64, usize) {
+/// Let the shims settle, then sample a few times and keep the sample with
+/// the largest RSS.
+fn settled_footprint(cd: &Containerd, handler: &str) -> Footprint {
     std::thread::sleep(Duration::from_millis(500));
-    let mut best = (0, 0);
+    let mut best = Footprint::default();
     for _ in 0..5 {
-        let pids = shims_of(cd, handler);
-        let r = rss_sum(&pids);
-        if r > best.0 {
-            best = (r, pids.len());
+        let f = footprint(&shims_of(cd, handler));
+        if f.rss_kib > best.rss_kib {
+            best = f;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -63,25 +88,31 @@ fn measure_rss(cd: &Containerd, handler: &str, n: usize, out: &mut Result1) -> R
     }
     let pod = cri.run_pod_sandbox(handler, &format!("rss-{handler}"))?;
     cri.run_container(&pod, &ContainerSpec::new("c0", &["sleep", "100000"]))?;
-    (out.rss_1_kib, out.shims_1) = settled_rss(cd, handler);
+    let f = settled_footprint(cd, handler);
+    (out.rss_1_kib, out.pss_1_kib, out.threads_1, out.shims_1) =
+        (f.rss_kib, f.pss_kib, f.threads, f.shims);
     for i in 1..n {
         cri.run_container(
             &pod,
             &ContainerSpec::new(&format!("c{i}"), &["sleep", "100000"]),
         )?;
     }
-    (out.rss_n_kib, out.shims_n) = settled_rss(cd, handler);
+    let f = settled_footprint(cd, handler);
+    (out.rss_n_kib, out.pss_n_kib, out.threads_n, out.shims_n) =
+        (f.rss_kib, f.pss_kib, f.threads, f.shims);
     cri.stop_pod(&pod.id)?;
     cri.remove_pod(&pod.id)?;
     Ok(())
 }
 
-fn one_cycle(cd: &Containerd, pod: &Pod, i: usize) -> Result<f64> {
+/// One container cycle: (create -> removed, StartContainer returned -> EXITED seen), ms.
+fn one_cycle(cd: &Containerd, pod: &Pod, i: usize) -> Result<(f64, f64)> {
     let cri = cd.cri();
     let spec = ContainerSpec::sh(&format!("cycle-{i}"), "exit 0");
     let t0 = Instant::now();
     let id = cri.create_container(pod, &spec)?;
     cri.start_container(&id)?;
+    let started = Instant::now();
     let deadline = t0 + Duration::from_secs(60);
     loop {
         let st = cri.container_status(&id)?;
@@ -96,7 +127,18 @@ fn one_cycle(cd: &Containerd, pod: &Pod, i: usize) -> Result<f64> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+    let exited = started.elapsed().as_secs_f64() * 1000.0;
     cri.remove_container(&id)?;
+    Ok((t0.elapsed().as_secs_f64() * 1000.0, exited))
+}
+
+/// One pod cycle: RunPodSandbox -> StopPodSandbox -> RemovePodSandbox, ms.
+fn one_pod_cycle(cd: &Containerd, handler: &str, i: usize) -> Result<f64> {
+    let cri = cd.cri();
+    let t0 = Instant::now();
+    let pod = cri.run_pod_sandbox(handler, &format!("podcycle-{handler}-{i}"))?;
+    cri.stop_pod(&pod.id)?;
+    cri.remove_pod(&pod.id)?;
     Ok(t0.elapsed().as_secs_f64() * 1000.0)
 }
 
@@ -161,13 +203,25 @@ fn run(args: &Args) -> Result<()> {
                 .iter()
                 .position(|h| *h == pod.handler)
                 .unwrap();
-            let ms = one_cycle(&cd, pod, i)?;
+            let (ms, exited) = one_cycle(&cd, pod, i)?;
             results[idx].cycle_ms.push(ms);
+            results[idx].exited_ms.push(exited);
         }
     }
     for pod in &pods {
         cd.cri().stop_pod(&pod.id)?;
         cd.cri().remove_pod(&pod.id)?;
+    }
+    eprintln!("measuring {} pod cycles per handler ...", args.iterations);
+    for h in &args.handlers {
+        one_pod_cycle(&cd, h, 0)?;
+    }
+    for i in 1..=args.iterations {
+        for k in 0..args.handlers.len() {
+            let k = if i % 2 == 0 { k } else { args.handlers.len() - 1 - k };
+            let ms = one_pod_cycle(&cd, &args.handlers[k], i)?;
+            results[k].pod_ms.push(ms);
+        }
     }
     cd.wait_no_leaks(Duration::from_secs(15))?;
     let v = cd.cri().version()?;
@@ -224,18 +278,65 @@ fn run(args: &Args) -> Result<()> {
             0,
         ),
         (
+            "shim PSS, pod with 1 container (MiB)".into(),
+            Box::new(|r: &Result1| r.pss_1_kib as f64 / 1024.0),
+            2,
+        ),
+        (
+            format!("shim PSS, pod with {n} containers (MiB)"),
+            Box::new(|r: &Result1| r.pss_n_kib as f64 / 1024.0),
+            2,
+        ),
+        (
+            "PSS per extra container (KiB)".into(),
+            Box::new(move |r: &Result1| {
+                (r.pss_n_kib as f64 - r.pss_1_kib as f64) / (n.max(2) - 1) as f64
+            }),
+            0,
+        ),
+        (
+            "shim threads, pod with 1 container".into(),
+            Box::new(|r: &Result1| r.threads_1 as f64),
+            0,
+        ),
+        (
+            format!("shim threads, pod with {n} containers"),
+            Box::new(|r: &Result1| r.threads_n as f64),
+            0,
+        ),
+        (
             "shim processes per pod".into(),
             Box::new(|r: &Result1| r.shims_n as f64),
             0,
         ),
         (
-            "create→start→exit→remove, median (ms)".into(),
+            "container create→start→exit→remove, p50 (ms)".into(),
             Box::new(|r: &Result1| percentile(&r.cycle_ms, 0.5)),
             1,
         ),
         (
-            "create→start→exit→remove, p90 (ms)".into(),
-            Box::new(|r: &Result1| percentile(&r.cycle_ms, 0.9)),
+            "container create→start→exit→remove, p99 (ms)".into(),
+            Box::new(|r: &Result1| percentile(&r.cycle_ms, 0.99)),
+            1,
+        ),
+        (
+            "exit→EXITED seen (StartContainer returned→EXITED), p50 (ms)".into(),
+            Box::new(|r: &Result1| percentile(&r.exited_ms, 0.5)),
+            1,
+        ),
+        (
+            "exit→EXITED seen, p99 (ms)".into(),
+            Box::new(|r: &Result1| percentile(&r.exited_ms, 0.99)),
+            1,
+        ),
+        (
+            "pod run→stop→remove, p50 (ms)".into(),
+            Box::new(|r: &Result1| percentile(&r.pod_ms, 0.5)),
+            1,
+        ),
+        (
+            "pod run→stop→remove, p99 (ms)".into(),
+            Box::new(|r: &Result1| percentile(&r.pod_ms, 0.99)),
             1,
         ),
     ];
