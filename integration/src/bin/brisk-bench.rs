@@ -9,7 +9,9 @@
 //!   iterations alternating between the handlers; p50 and p99, and within it
 //!   the time from StartContainer returning to EXITED seen (the container's
 //!   `exit 0` takes about a millisecond, so this is exit -> EXITED);
-//! * the pod cycle: RunPodSandbox -> StopPodSandbox -> RemovePodSandbox.
+//! * the pod cycle: RunPodSandbox -> StopPodSandbox -> RemovePodSandbox;
+//! * ListContainers p50 and p99 with 100 running containers across 10 pods
+//!   of one handler (`--list-pods`, `--list-per-pod`; 0 skips it).
 //!
 //! usage: brisk-bench [--iterations N] [--containers N] [--handlers runc,brisk]
 
@@ -23,6 +25,40 @@ struct Args {
     iterations: usize,
     containers: usize,
     handlers: Vec<String>,
+    list_pods: usize,
+    list_per_pod: usize,
+}
+
+/// ListContainers latency with `pods` x `per_pod` running containers of one
+/// handler; the pods are removed afterwards.
+fn measure_list(cd: &Containerd, handler: &str, pods: usize, per_pod: usize) -> Result<Vec<f64>> {
+    let cri = cd.cri();
+    let mut made = Vec::new();
+    for p in 0..pods {
+        let pod = cri.run_pod_sandbox(handler, &format!("list-{handler}-{p}"))?;
+        for c in 0..per_pod {
+            cri.run_container(
+                &pod,
+                &ContainerSpec::new(&format!("c{c}"), &["sleep", "100000"]),
+            )?;
+        }
+        made.push(pod);
+    }
+    let mut ms = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let n = cri.list_containers(None)?.len();
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        if n < pods * per_pod {
+            bail!("ListContainers saw {n} containers");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for pod in &made {
+        cri.stop_pod(&pod.id)?;
+        cri.remove_pod(&pod.id)?;
+    }
+    Ok(ms)
 }
 
 #[derive(Default, Clone)]
@@ -38,6 +74,7 @@ struct Result1 {
     cycle_ms: Vec<f64>,
     exited_ms: Vec<f64>,
     pod_ms: Vec<f64>,
+    list_ms: Vec<f64>,
 }
 
 /// One footprint sample of the shims serving a pod.
@@ -218,12 +255,25 @@ fn run(args: &Args) -> Result<()> {
     }
     for i in 1..=args.iterations {
         for k in 0..args.handlers.len() {
-            let k = if i % 2 == 0 { k } else { args.handlers.len() - 1 - k };
+            let k = if i % 2 == 0 {
+                k
+            } else {
+                args.handlers.len() - 1 - k
+            };
             let ms = one_pod_cycle(&cd, &args.handlers[k], i)?;
             results[k].pod_ms.push(ms);
         }
     }
-    cd.wait_no_leaks(Duration::from_secs(15))?;
+    if args.list_pods > 0 {
+        for (h, r) in args.handlers.iter().zip(results.iter_mut()) {
+            eprintln!(
+                "measuring ListContainers with {}x{} {h} containers ...",
+                args.list_pods, args.list_per_pod
+            );
+            r.list_ms = measure_list(&cd, h, args.list_pods, args.list_per_pod)?;
+        }
+    }
+    cd.wait_no_leaks(Duration::from_secs(30))?;
     let v = cd.cri().version()?;
     cd.finish_checked()?;
 
@@ -339,6 +389,22 @@ fn run(args: &Args) -> Result<()> {
             Box::new(|r: &Result1| percentile(&r.pod_ms, 0.99)),
             1,
         ),
+        (
+            format!(
+                "ListContainers, {} containers, p50 (ms)",
+                args.list_pods * args.list_per_pod
+            ),
+            Box::new(|r: &Result1| percentile(&r.list_ms, 0.5)),
+            2,
+        ),
+        (
+            format!(
+                "ListContainers, {} containers, p99 (ms)",
+                args.list_pods * args.list_per_pod
+            ),
+            Box::new(|r: &Result1| percentile(&r.list_ms, 0.99)),
+            2,
+        ),
     ];
     for (name, f, prec) in rows {
         let vals: Vec<f64> = results.iter().map(&f).collect();
@@ -359,6 +425,8 @@ fn main() {
         iterations: 20,
         containers: 5,
         handlers: vec![RUNC_HANDLER.into(), BRISK_HANDLER.into()],
+        list_pods: 10,
+        list_per_pod: 10,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -366,6 +434,8 @@ fn main() {
         match a.as_str() {
             "--iterations" => args.iterations = val().parse().unwrap_or(20),
             "--containers" => args.containers = val().parse::<usize>().unwrap_or(5).max(2),
+            "--list-pods" => args.list_pods = val().parse().unwrap_or(10),
+            "--list-per-pod" => args.list_per_pod = val().parse().unwrap_or(10),
             "--handlers" => {
                 args.handlers = val()
                     .split(',')
@@ -375,7 +445,7 @@ fn main() {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: brisk-bench [--iterations N] [--containers N] [--handlers runc,brisk]"
+                    "usage: brisk-bench [--iterations N] [--containers N] [--list-pods N] [--list-per-pod N] [--handlers runc,brisk]"
                 );
                 return;
             }
