@@ -142,9 +142,14 @@ impl Operator {
         Run { output, restarts }
     }
 
-    /// `enable --canary` probing with the local busybox image.
-    fn enable_canary(&self, cd: &mut Containerd, probe_image: &str) -> Run {
-        self.run(cd, &["enable", "--canary", "--probe-image", probe_image])
+    /// `enable --canary`, probing with `probe_image` (None: brisk-ctl's
+    /// default, CRI's sandbox image, here the local pause image).
+    fn enable_canary(&self, cd: &mut Containerd, probe_image: Option<&str>) -> Run {
+        let mut args = vec!["enable", "--canary"];
+        if let Some(image) = probe_image {
+            args.extend(["--probe-image", image]);
+        }
+        self.run(cd, &args)
     }
 }
 
@@ -277,7 +282,7 @@ fn canary_swap_and_back() {
     assert!(run.stdout().contains(&shim.display().to_string()));
     assert!(shim.is_file() && !shim.is_symlink());
     let run = op
-        .enable_canary(&mut cd, BUSYBOX_IMAGE)
+        .enable_canary(&mut cd, Some(BUSYBOX_IMAGE))
         .expect_ok("enable --canary");
     assert_eq!(run.restarts, 1, "enable restarts containerd once");
     assert!(
@@ -356,7 +361,7 @@ fn failed_probe_rolls_back() {
     let original = fs::read_to_string(cd.config_path()).unwrap();
     let op = Operator::new(&cd);
     op.run(&mut cd, &["install"]).expect_ok("install");
-    let run = op.enable_canary(&mut cd, "example.invalid/brisk/no-such-image:1");
+    let run = op.enable_canary(&mut cd, Some("example.invalid/brisk/no-such-image:1"));
     assert!(!run.ok(), "enable must fail: {}", run.stdout());
     assert!(
         run.stderr().contains("probe failed") && run.stderr().contains("rolled back"),
@@ -371,9 +376,10 @@ fn failed_probe_rolls_back() {
     remove_sleeper(&cd, &pod, &ctr);
 
     // A brisk.toml that the shim rejects (a misspelt key) fails the probe
-    // too: it runs with the handler's ConfigPath, as the pods would.
+    // too: it runs with the handler's ConfigPath, as the pods would. (The
+    // probe image is the default one, the sandbox image.)
     fs::write(&op.brisk_toml, "volatil = true\n").unwrap();
-    let run = op.enable_canary(&mut cd, BUSYBOX_IMAGE);
+    let run = op.enable_canary(&mut cd, None);
     assert!(!run.ok(), "enable must fail: {}", run.stdout());
     assert!(
         run.stderr().contains("volatil") && run.stderr().contains("rolled back"),

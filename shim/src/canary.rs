@@ -128,6 +128,20 @@ pub fn enable_in(
     })
 }
 
+/// CRI's sandbox (pause) image in `containerd config dump` output:
+/// `sandbox_image = "..."` (config version 2) or, under
+/// `pinned_images`, `sandbox = '...'` (version 3).
+pub fn sandbox_image_in(dump: &str) -> Option<String> {
+    dump.lines().find_map(|l| {
+        let (key, val) = l.split_once('=')?;
+        if !matches!(key.trim(), "sandbox_image" | "sandbox") {
+            return None;
+        }
+        let val = val.trim().trim_matches(|c| c == '"' || c == '\'');
+        (!val.is_empty()).then(|| val.to_string())
+    })
+}
+
 /// True when some runtime of the config already uses brisk.
 pub fn uses_brisk(text: &str) -> bool {
     text.contains(BRISK_RUNTIME_TYPE)
@@ -741,6 +755,21 @@ mod tests {
                 PathBuf::from("/usr/bin/containerd-shim-brisk-v2")
             ]
         );
+    }
+
+    #[test]
+    fn sandbox_image_of_either_config_version() {
+        let v2 = "[plugins.\"io.containerd.grpc.v1.cri\"]\n    sandbox_image = \"registry.k8s.io/pause:3.6\"\n";
+        assert_eq!(
+            sandbox_image_in(v2).as_deref(),
+            Some("registry.k8s.io/pause:3.6")
+        );
+        let v3 = "    [plugins.'io.containerd.cri.v1.images'.pinned_images]\n      sandbox = 'registry.k8s.io/pause:3.10'\n          sandboxer = 'podsandbox'\n";
+        assert_eq!(
+            sandbox_image_in(v3).as_deref(),
+            Some("registry.k8s.io/pause:3.10")
+        );
+        assert_eq!(sandbox_image_in("sandboxer = 'podsandbox'\n"), None);
     }
 
     #[test]

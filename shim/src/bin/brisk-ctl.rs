@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use brisk_shim::canary::{CtlError, Node, BRISK_RUNTIME_TYPE, SHIM_NAME};
+use brisk_shim::canary::{sandbox_image_in, CtlError, Node, BRISK_RUNTIME_TYPE, SHIM_NAME};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -76,6 +76,7 @@ enum Cmd {
     Uninstall,
 }
 
+/// CRI's sandbox image, from `containerd config dump` of the current config.
 fn sandbox_image(node: &Node) -> Option<String> {
     let out = std::process::Command::new(&node.containerd)
         .arg("--config")
@@ -83,11 +84,7 @@ fn sandbox_image(node: &Node) -> Option<String> {
         .args(["config", "dump"])
         .output()
         .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.trim_start().starts_with("sandbox_image"))
-        .and_then(|l| l.split('"').nth(1))
-        .map(String::from)
+    sandbox_image_in(&String::from_utf8_lossy(&out.stdout))
 }
 
 fn run(cli: Cli) -> Result<(), CtlError> {
@@ -124,6 +121,11 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             probe_cgroup,
             namespace,
         } => {
+            // Known before anything changes: finding no image after the
+            // restart would leave containerd on brisk unprobed.
+            let image = probe_image
+                .or_else(|| sandbox_image(&node))
+                .ok_or_else(|| CtlError::Command("no probe image: pass --probe-image".into()))?;
             let edit = node.write_enabled_config(canary)?;
             println!(
                 "config: handler {:?} now uses {BRISK_RUNTIME_TYPE} (backup {}); carried into {}: {:?}",
@@ -134,9 +136,6 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             );
             let took = node.restart()?;
             println!("containerd restarted in {took:?}");
-            let image = probe_image
-                .or_else(|| sandbox_image(&node))
-                .ok_or_else(|| CtlError::Command("no probe image: pass --probe-image".into()))?;
             match node.probe(&namespace, &image, probe_cgroup.as_deref()) {
                 Ok(took) => {
                     println!("probe: a container of {image} ran under brisk ({took:?})\nenabled")
