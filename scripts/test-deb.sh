@@ -2,6 +2,7 @@
 # Install the brisk .deb on this machine, check it, and remove it again:
 #   sudo ./scripts/test-deb.sh [DEB]     (default: builds it with build-deb.sh)
 # Checks the files, `containerd-shim-brisk-v2 --version`, `brisk-ctl --version`,
+# that `brisk-ctl uninstall`/`install` leave the package's shim to apt,
 # that a private containerd runs a brisk pod with the installed shim, then
 # purges the package and checks that every file is gone. Refuses to run where
 # brisk is already installed (it would remove the operator's copy).
@@ -78,6 +79,16 @@ echo "$out"
 [[ $out == *"${version%%-*}"* ]] || fail "--version does not show ${version%%-*}"
 echo "== brisk-ctl --version"
 brisk-ctl --version || fail "brisk-ctl --version failed"
+
+echo "== brisk-ctl leaves the package's shim to apt"
+shim=/usr/bin/containerd-shim-brisk-v2
+out=$(brisk-ctl uninstall 2>&1) && fail "brisk-ctl uninstall succeeded: $out"
+echo "$out"
+[[ $out == *"apt-get remove $pkg"* ]] || fail "brisk-ctl uninstall does not point to apt: $out"
+out=$(brisk-ctl --bin-dir /usr/bin install 2>&1) && fail "brisk-ctl install over $shim succeeded: $out"
+[[ $out == *"package $pkg"* ]] || fail "brisk-ctl install does not name the package: $out"
+[[ -x $shim ]] || fail "brisk-ctl removed or broke $shim"
+dpkg --verify "$pkg" || fail "dpkg --verify $pkg: files changed"
 
 echo "== a brisk pod with the installed shim"
 BRISK_SHIM_BIN=/usr/bin/containerd-shim-brisk-v2 \

@@ -7,11 +7,11 @@ use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cri::{Cri, BUSYBOX_IMAGE, PAUSE_IMAGE};
 use crate::ctr::Ctr;
@@ -141,6 +141,10 @@ pub struct Options {
     /// PATH. Linked as `runc` into the directory at the front of
     /// containerd's PATH (the shims inherit containerd's PATH).
     pub runc_bin: Option<PathBuf>,
+    /// A node before brisk: no `brisk` handler in the config and no brisk
+    /// shim in [`Containerd::bin_dir`], for tests that install it themselves
+    /// (brisk-ctl).
+    pub without_brisk: bool,
 }
 
 pub struct Containerd {
@@ -304,9 +308,6 @@ oom_score = 0
 
 [{rt}.containerd.runtimes.{RUNC_HANDLER}.options]
   SystemdCgroup = false
-
-[{rt}.containerd.runtimes.{BRISK_HANDLER}]
-  runtime_type = "{BRISK_RUNTIME_TYPE}"
 "#,
         root = d("root"),
         state = d("state"),
@@ -315,6 +316,13 @@ oom_score = 0
         opt = d("opt"),
         cni_bin = d("cni/bin"),
         cni_conf = d("cni/conf"),
+    );
+    if opts.without_brisk {
+        return s;
+    }
+    let _ = write!(
+        s,
+        "\n[{rt}.containerd.runtimes.{BRISK_HANDLER}]\n  runtime_type = \"{BRISK_RUNTIME_TYPE}\"\n"
     );
     let written = opts
         .brisk_config_toml
@@ -392,9 +400,6 @@ oom_score = 0
 
 [{cri}.containerd.runtimes.{RUNC_HANDLER}.options]
   SystemdCgroup = false
-
-[{cri}.containerd.runtimes.{BRISK_HANDLER}]
-  runtime_type = "{BRISK_RUNTIME_TYPE}"
 "#,
         root = d("root"),
         state = d("state"),
@@ -402,6 +407,13 @@ oom_score = 0
         ttrpc = d("containerd.sock.ttrpc"),
         cni_bin = d("cni/bin"),
         cni_conf = d("cni/conf"),
+    );
+    if opts.without_brisk {
+        return s;
+    }
+    let _ = write!(
+        s,
+        "\n[{cri}.containerd.runtimes.{BRISK_HANDLER}]\n  runtime_type = \"{BRISK_RUNTIME_TYPE}\"\n"
     );
     let written = opts
         .brisk_config_toml
@@ -439,7 +451,9 @@ impl Containerd {
             fs::create_dir_all(dir.join(sub))?;
         }
         let brisk_bin = brisk_shim_bin();
-        std::os::unix::fs::symlink(&brisk_bin, dir.join("bin").join(BRISK_SHIM_NAME))?;
+        if !opts.without_brisk {
+            std::os::unix::fs::symlink(&brisk_bin, dir.join("bin").join(BRISK_SHIM_NAME))?;
+        }
         if let Some(body) = &opts.brisk_config_toml {
             fs::write(
                 dir.join("brisk.toml"),
@@ -610,6 +624,105 @@ impl Containerd {
     /// Restart containerd: [`Containerd::stop`], then [`Containerd::start_again`].
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
+        self.start_again()
+    }
+
+    /// containerd's config file (tests may edit it, then [`Containerd::restart`]).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    /// The directory at the front of containerd's (and so the shims') PATH.
+    pub fn bin_dir(&self) -> PathBuf {
+        self.dir.join("bin")
+    }
+
+    /// A shell command that restarts this containerd, for a tool under test
+    /// that restarts containerd itself (`brisk-ctl --restart-cmd`). Run the
+    /// tool with [`Containerd::run_serving_restarts`]: the command asks it,
+    /// through files in the instance directory, to restart containerd, and
+    /// waits for the answer. The harness thus keeps owning the containerd
+    /// process across restarts: its PDEATHSIG, its CRI client and its
+    /// teardown work as with [`Containerd::restart`], even after a panic.
+    pub fn restart_hook(&self) -> Result<String> {
+        let script = self.dir.join("restart-hook.sh");
+        let body = RESTART_HOOK.replace("{dir}", &sh_quote(&self.dir.to_string_lossy()));
+        fs::write(&script, body)?;
+        Ok(format!("sh {}", sh_quote(&script.to_string_lossy())))
+    }
+
+    /// Run `cmd` to completion (at most `timeout`), restarting containerd
+    /// whenever it runs the [`Containerd::restart_hook`] command. Returns its
+    /// output and how many restarts it asked for.
+    pub fn run_serving_restarts(
+        &mut self,
+        cmd: &mut Command,
+        timeout: Duration,
+    ) -> Result<(Output, usize)> {
+        let request = self.dir.join("restart.req");
+        let answer = self.dir.join("restart.done");
+        let _ = fs::remove_file(&request);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {cmd:?}"))?;
+        let stdout = sys::read_in_background(child.stdout.take());
+        let stderr = sys::read_in_background(child.stderr.take());
+        let deadline = Instant::now() + timeout;
+        let mut restarts = 0;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            let served = if fs::remove_file(&request).is_ok() {
+                restarts += 1;
+                self.answer_restart(&answer)
+            } else {
+                Ok(())
+            };
+            let failed = match served {
+                Err(e) => Some(e),
+                Ok(()) if Instant::now() > deadline => {
+                    Some(anyhow!("{cmd:?} did not finish within {timeout:?}"))
+                }
+                Ok(()) => None,
+            };
+            if let Some(e) = failed {
+                sys::kill(child.id() as i32, libc::SIGKILL);
+                let _ = child.wait();
+                return Err(e);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let output = Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        };
+        Ok((output, restarts))
+    }
+
+    /// Restart containerd for the hook and write the hook's answer (`ok` or
+    /// the error) to `answer`, atomically.
+    fn answer_restart(&mut self, answer: &Path) -> Result<()> {
+        let reply = match self.restart_for_hook() {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        let tmp = answer.with_extension("tmp");
+        fs::write(&tmp, reply)?;
+        fs::rename(&tmp, answer)?;
+        Ok(())
+    }
+
+    /// [`Containerd::restart`], also when an earlier start failed (a config
+    /// that containerd rejected leaves no running child).
+    fn restart_for_hook(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            self.stop()?;
+        }
         self.start_again()
     }
 
@@ -925,6 +1038,28 @@ impl Drop for Containerd {
             eprintln!("teardown: {e}");
         }
     }
+}
+
+/// The script of [`Containerd::restart_hook`]: request a restart, wait (up
+/// to 2 minutes) for the harness's answer, fail unless it is `ok`.
+const RESTART_HOOK: &str = r#"#!/bin/sh
+d={dir}
+rm -f "$d/restart.done"
+: > "$d/restart.req"
+i=0
+while [ ! -e "$d/restart.done" ]; do
+    i=$((i + 1))
+    [ "$i" -le 1200 ] || { echo "restart hook: no answer from the test" >&2; exit 1; }
+    sleep 0.1
+done
+reply=$(cat "$d/restart.done")
+rm -f "$d/restart.done"
+[ "$reply" = ok ] || { echo "restart hook: $reply" >&2; exit 1; }
+"#;
+
+/// `s` as one shell word.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// `address` files of the shim bundles below our state dir.

@@ -501,6 +501,20 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> 
     }
 }
 
+/// Read a child's pipe to its end in a thread (so that the child never
+/// blocks on a full pipe while the caller does something else).
+pub fn read_in_background<R: Read + Send + 'static>(
+    pipe: Option<R>,
+) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
 /// Last `n` lines of a file.
 pub fn tail_file(path: &Path, n: usize) -> String {
     let mut s = String::new();

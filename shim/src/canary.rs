@@ -128,16 +128,59 @@ pub fn enable_in(
     })
 }
 
+/// CRI's sandbox (pause) image in `containerd config dump` output:
+/// `sandbox_image = "..."` (config version 2) or, under
+/// `pinned_images`, `sandbox = '...'` (version 3).
+pub fn sandbox_image_in(dump: &str) -> Option<String> {
+    dump.lines().find_map(|l| {
+        let (key, val) = l.split_once('=')?;
+        if !matches!(key.trim(), "sandbox_image" | "sandbox") {
+            return None;
+        }
+        let val = val.trim().trim_matches(|c| c == '"' || c == '\'');
+        (!val.is_empty()).then(|| val.to_string())
+    })
+}
+
 /// True when some runtime of the config already uses brisk.
 pub fn uses_brisk(text: &str) -> bool {
     text.contains(BRISK_RUNTIME_TYPE)
+}
+
+/// The shim's file name; containerd finds it on its PATH by runtime type.
+pub const SHIM_NAME: &str = "containerd-shim-brisk-v2";
+/// Where `brisk-ctl install` puts the shim by default: a hand install, out of
+/// the package manager's way.
+pub const HAND_INSTALL_DIR: &str = "/usr/local/bin";
+/// Where the Debian package installs it (`[package.metadata.deb]`).
+pub const PACKAGE_INSTALL_DIR: &str = "/usr/bin";
+
+/// A shim binary found on the node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstalledShim {
+    pub path: PathBuf,
+    /// The Debian package that owns the file; None for a hand install.
+    pub package: Option<String>,
+}
+
+impl InstalledShim {
+    /// "installed by hand" or "from package NAME", for messages.
+    pub fn origin(&self) -> String {
+        match &self.package {
+            Some(p) => format!("from package {p}"),
+            None => "installed by hand".into(),
+        }
+    }
 }
 
 /// The operator's node, as `brisk-ctl` sees it.
 pub struct Node {
     pub config: PathBuf,
     pub brisk_toml: PathBuf,
-    pub bin_dir: PathBuf,
+    /// `--bin-dir`: the one directory to install into, look at and remove
+    /// from. None: install into [`HAND_INSTALL_DIR`], and look at both it
+    /// and [`PACKAGE_INSTALL_DIR`].
+    pub bin_dir: Option<PathBuf>,
     pub address: PathBuf,
     pub restart_cmd: String,
     pub containerd: PathBuf,
@@ -151,17 +194,54 @@ impl Node {
         PathBuf::from(p)
     }
 
-    pub fn shim_path(&self) -> PathBuf {
-        self.bin_dir.join("containerd-shim-brisk-v2")
+    /// Where `install` puts the shim.
+    pub fn install_path(&self) -> PathBuf {
+        self.bin_dir
+            .as_deref()
+            .unwrap_or(Path::new(HAND_INSTALL_DIR))
+            .join(SHIM_NAME)
+    }
+
+    /// Where a shim may be installed: `--bin-dir`, else the hand-install
+    /// and the package directories.
+    pub fn shim_candidates(&self) -> Vec<PathBuf> {
+        match &self.bin_dir {
+            Some(d) => vec![d.join(SHIM_NAME)],
+            None => [HAND_INSTALL_DIR, PACKAGE_INSTALL_DIR]
+                .iter()
+                .map(|d| Path::new(d).join(SHIM_NAME))
+                .collect(),
+        }
+    }
+
+    /// The shim binaries present at [`Node::shim_candidates`], with the
+    /// package owning each.
+    pub fn installed_shims(&self) -> Vec<InstalledShim> {
+        self.shim_candidates()
+            .into_iter()
+            .filter(|p| p.symlink_metadata().is_ok())
+            .map(|path| InstalledShim {
+                package: dpkg_owner(&path),
+                path,
+            })
+            .collect()
     }
 
     /// Copies the shim binary into place atomically (a running shim keeps
-    /// its old inode).
+    /// its old inode). Refuses to overwrite a file of a package: the
+    /// package manager would not know, and would put its own back.
     pub fn install(&self, from: &Path) -> Result<PathBuf> {
-        let dest = self.shim_path();
-        std::fs::create_dir_all(&self.bin_dir)
-            .map_err(io(format!("create {}", self.bin_dir.display())))?;
-        let tmp = self.bin_dir.join(".containerd-shim-brisk-v2.new");
+        let dest = self.install_path();
+        if let Some(pkg) = dpkg_owner(&dest) {
+            return Err(CtlError::Refused(format!(
+                "{} belongs to the Debian package {pkg}: upgrade the package (apt-get install {pkg}) \
+                 or pass --bin-dir {HAND_INSTALL_DIR} for a hand install",
+                dest.display()
+            )));
+        }
+        let dir = dest.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        let tmp = dir.join(format!(".{SHIM_NAME}.new"));
         std::fs::copy(from, &tmp).map_err(io(format!(
             "copy {} to {}",
             from.display(),
@@ -282,15 +362,25 @@ impl Node {
     }
 
     /// Runs a container of `image` under brisk, sees it RUNNING, stops and
-    /// removes it.
-    pub fn probe(&self, ns: &str, image: &str) -> Result<Duration> {
+    /// removes it. It gets brisk.toml as its `ConfigPath`, as CRI's pods do,
+    /// so that a brisk.toml the shim rejects fails the probe. `cgroup` is
+    /// ctr's `--cgroup` (default: ctr's own, `/<namespace>/<id>`); cgroupfs
+    /// directories created for the probe are removed after it.
+    pub fn probe(&self, ns: &str, image: &str, cgroup: Option<&str>) -> Result<Duration> {
         let started = Instant::now();
         let id = format!("brisk-probe-{}", std::process::id());
-        let run = self.ctr(
-            ns,
-            &["run", "-d", "--runtime", BRISK_RUNTIME_TYPE, image, &id],
-        );
-        let mut result = run.map(drop);
+        let cgroup = cgroup
+            .map(String::from)
+            .unwrap_or_else(|| format!("/{ns}/{id}"));
+        let created = missing_cgroup_dirs(&cgroup_roots(), &cgroup);
+        let mut args = vec!["run", "-d", "--runtime", BRISK_RUNTIME_TYPE, "--cgroup"];
+        args.push(&cgroup);
+        let config_path = self.brisk_toml.to_string_lossy();
+        if self.brisk_toml.exists() {
+            args.extend(["--runtime-config-path", &config_path]);
+        }
+        args.extend([image, &id]);
+        let mut result = self.ctr(ns, &args).map(drop);
         if result.is_ok() {
             result = Err(CtlError::Command(format!("probe {id} never ran")));
             for _ in 0..100 {
@@ -313,6 +403,7 @@ impl Node {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = self.ctr(ns, &["containers", "rm", &id]);
+        remove_empty_dirs(&created);
         result.map(|()| started.elapsed())
     }
 
@@ -349,26 +440,44 @@ impl Node {
         Ok(rows)
     }
 
-    /// Removes the shim binary, unless a task still uses it.
-    pub fn uninstall(&self) -> Result<()> {
+    /// Removes the hand-installed shim binaries, unless one belongs to a
+    /// package (apt's to remove: checked first, without containerd) or a
+    /// task still uses brisk. Returns the files removed.
+    pub fn uninstall(&self) -> Result<Vec<PathBuf>> {
+        let installed = self.installed_shims();
+        if let Some(s) = installed.iter().find(|s| s.package.is_some()) {
+            let pkg = s.package.as_deref().unwrap_or_default();
+            return Err(CtlError::Refused(format!(
+                "{} belongs to the Debian package {pkg}: remove it with `apt-get remove {pkg}`{}",
+                s.path.display(),
+                if self.bin_dir.is_none() {
+                    format!(" (--bin-dir {HAND_INSTALL_DIR} removes only a hand install)")
+                } else {
+                    String::new()
+                }
+            )));
+        }
         let users: Vec<String> = self
             .status()?
             .into_iter()
             .filter(|r| r.runtime == BRISK_RUNTIME_TYPE && r.task.is_some())
             .map(|r| format!("{}/{}", r.namespace, r.id))
             .collect();
-        let shim = self.shim_path();
-        let running = processes_running(&shim);
+        let running: Vec<i32> = installed
+            .iter()
+            .flat_map(|s| processes_running(&s.path))
+            .collect();
         if !users.is_empty() || !running.is_empty() {
             return Err(CtlError::Refused(format!(
                 "brisk still serves tasks {users:?} (shim pids {running:?}); stop them or roll back first"
             )));
         }
-        match std::fs::remove_file(&shim) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(format!("remove {}", shim.display()))(e)),
+        let mut removed = Vec::new();
+        for s in installed {
+            std::fs::remove_file(&s.path).map_err(io(format!("remove {}", s.path.display())))?;
+            removed.push(s.path);
         }
+        Ok(removed)
     }
 }
 
@@ -392,7 +501,8 @@ fn parse_columns(text: &str, a: usize, b: usize) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Pids whose executable is `binary`.
+/// Pids whose executable is `binary`, also when it has been replaced or
+/// removed since they started (then /proc shows it as "PATH (deleted)").
 fn processes_running(binary: &Path) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -402,10 +512,89 @@ fn processes_running(binary: &Path) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             std::fs::read_link(format!("/proc/{pid}/exe"))
-                .map(|exe| exe == binary)
+                .map(|exe| exe_is(&exe, binary))
                 .unwrap_or(false)
         })
         .collect()
+}
+
+/// True when `exe`, a /proc/PID/exe link target, names `binary`.
+fn exe_is(exe: &Path, binary: &Path) -> bool {
+    let exe = exe.to_string_lossy();
+    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe);
+    Path::new(exe) == binary
+}
+
+/// The Debian package that owns `path`, by `dpkg-query -S`; None when no
+/// package does or there is no dpkg.
+fn dpkg_owner(path: &Path) -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .arg("-S")
+        .arg(path)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    parse_dpkg_search(&String::from_utf8_lossy(&out.stdout), path)
+}
+
+/// The first package of `dpkg-query -S PATH` output lines ("pkg1, pkg2:
+/// PATH") that name exactly `path`; diversion lines are skipped.
+fn parse_dpkg_search(text: &str, path: &Path) -> Option<String> {
+    text.lines()
+        .filter(|l| !l.starts_with("diversion "))
+        .filter_map(|l| l.split_once(": "))
+        .find(|(_, p)| Path::new(p.trim()) == path)
+        .and_then(|(pkgs, _)| pkgs.split(',').next())
+        .map(|p| p.trim().to_string())
+}
+
+/// The cgroupfs hierarchies: `/sys/fs/cgroup` itself on cgroup v2, else
+/// each controller's directory (symlinks such as `cpu` -> `cpu,cpuacct`
+/// left out).
+fn cgroup_roots() -> Vec<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup");
+    if base.join("cgroup.controllers").exists() {
+        return vec![base.to_path_buf()];
+    }
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The directories that a cgroupfs path (`/a/b/c`) would create below
+/// `roots`, deepest first. A systemd-style path (`slice:prefix:name`) has
+/// none: systemd removes its units.
+fn missing_cgroup_dirs(roots: &[PathBuf], cgroup: &str) -> Vec<PathBuf> {
+    if !cgroup.starts_with('/') {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for root in roots {
+        let mut dir = root.clone();
+        for part in cgroup.split('/').filter(|p| !p.is_empty()) {
+            dir.push(part);
+            if !dir.exists() {
+                out.push(dir.clone());
+            }
+        }
+    }
+    out.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    out
+}
+
+/// rmdir each of `dirs` in order; a cgroup that still has processes or
+/// children stays.
+fn remove_empty_dirs(dirs: &[PathBuf]) {
+    for d in dirs {
+        let _ = std::fs::remove_dir(d);
+    }
 }
 
 #[cfg(test)]
@@ -463,6 +652,124 @@ mod tests {
         assert!(enable_in(&mut doc, true, Path::new("/b.toml"))
             .unwrap_err()
             .contains("version 1"));
+    }
+
+    #[test]
+    fn replaced_binaries_still_count_as_running() {
+        let bin = Path::new("/usr/local/bin/containerd-shim-brisk-v2");
+        assert!(exe_is(bin, bin));
+        assert!(exe_is(
+            Path::new("/usr/local/bin/containerd-shim-brisk-v2 (deleted)"),
+            bin
+        ));
+        assert!(!exe_is(Path::new("/usr/bin/containerd-shim-brisk-v2"), bin));
+    }
+
+    #[test]
+    fn dpkg_search_output() {
+        let p = Path::new("/usr/bin/containerd-shim-brisk-v2");
+        assert_eq!(
+            parse_dpkg_search("brisk: /usr/bin/containerd-shim-brisk-v2\n", p),
+            Some("brisk".into())
+        );
+        assert_eq!(
+            parse_dpkg_search(
+                "diversion by x from: /usr/bin/containerd-shim-brisk-v2\nbrisk, other: /usr/bin/containerd-shim-brisk-v2\n",
+                p
+            ),
+            Some("brisk".into())
+        );
+        assert_eq!(parse_dpkg_search("brisk: /usr/bin/brisk-ctl\n", p), None);
+        assert_eq!(parse_dpkg_search("", p), None);
+    }
+
+    #[test]
+    fn probe_cgroup_dirs_to_remove() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mem, pids) = (tmp.path().join("memory"), tmp.path().join("pids"));
+        std::fs::create_dir_all(mem.join("k8s.io")).unwrap();
+        std::fs::create_dir_all(&pids).unwrap();
+        let roots = [mem.clone(), pids.clone()];
+        let missing = missing_cgroup_dirs(&roots, "/k8s.io/probe");
+        assert_eq!(
+            missing,
+            vec![
+                mem.join("k8s.io/probe"),
+                pids.join("k8s.io/probe"),
+                pids.join("k8s.io")
+            ]
+        );
+        assert!(missing_cgroup_dirs(&roots, "system.slice:brisk:probe").is_empty());
+        for d in &missing {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        remove_empty_dirs(&missing);
+        assert!(mem.join("k8s.io").is_dir(), "what existed before stays");
+        assert!(!pids.join("k8s.io").exists());
+    }
+
+    #[test]
+    fn hand_install_is_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let from = tmp.path().join("shim");
+        std::fs::write(&from, "binary").unwrap();
+        let node = Node {
+            config: tmp.path().join("config.toml"),
+            brisk_toml: tmp.path().join("brisk.toml"),
+            bin_dir: Some(tmp.path().join("bin")),
+            address: tmp.path().join("sock"),
+            restart_cmd: "true".into(),
+            containerd: "containerd".into(),
+            ctr: "ctr".into(),
+        };
+        let dest = node.install(&from).unwrap();
+        assert_eq!(dest, tmp.path().join("bin").join(SHIM_NAME));
+        assert_eq!(
+            node.installed_shims(),
+            vec![InstalledShim {
+                path: dest,
+                package: None
+            }]
+        );
+    }
+
+    #[test]
+    fn default_dirs() {
+        let node = Node {
+            config: "/c".into(),
+            brisk_toml: "/b".into(),
+            bin_dir: None,
+            address: "/s".into(),
+            restart_cmd: String::new(),
+            containerd: "containerd".into(),
+            ctr: "ctr".into(),
+        };
+        assert_eq!(
+            node.install_path(),
+            Path::new("/usr/local/bin/containerd-shim-brisk-v2")
+        );
+        assert_eq!(
+            node.shim_candidates(),
+            vec![
+                PathBuf::from("/usr/local/bin/containerd-shim-brisk-v2"),
+                PathBuf::from("/usr/bin/containerd-shim-brisk-v2")
+            ]
+        );
+    }
+
+    #[test]
+    fn sandbox_image_of_either_config_version() {
+        let v2 = "[plugins.\"io.containerd.grpc.v1.cri\"]\n    sandbox_image = \"registry.k8s.io/pause:3.6\"\n";
+        assert_eq!(
+            sandbox_image_in(v2).as_deref(),
+            Some("registry.k8s.io/pause:3.6")
+        );
+        let v3 = "    [plugins.'io.containerd.cri.v1.images'.pinned_images]\n      sandbox = 'registry.k8s.io/pause:3.10'\n          sandboxer = 'podsandbox'\n";
+        assert_eq!(
+            sandbox_image_in(v3).as_deref(),
+            Some("registry.k8s.io/pause:3.10")
+        );
+        assert_eq!(sandbox_image_in("sandboxer = 'podsandbox'\n"), None);
     }
 
     #[test]

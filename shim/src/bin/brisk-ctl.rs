@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use brisk_shim::canary::{CtlError, Node, BRISK_RUNTIME_TYPE};
+use brisk_shim::canary::{sandbox_image_in, CtlError, Node, BRISK_RUNTIME_TYPE, SHIM_NAME};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -19,9 +19,12 @@ struct Cli {
     /// brisk's own settings, written by `enable` when missing.
     #[arg(long, default_value = "/etc/containerd/brisk.toml")]
     brisk_toml: PathBuf,
-    /// Where the shim binary goes; must be on containerd's PATH.
-    #[arg(long, default_value = "/usr/local/bin")]
-    bin_dir: PathBuf,
+    /// The one directory where the shim binary is installed, looked for and
+    /// removed; must be on containerd's PATH. Default: `install` writes to
+    /// /usr/local/bin (a hand install); `status` and `uninstall` look in
+    /// /usr/local/bin and /usr/bin (the Debian package's).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
     /// containerd's socket.
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     address: PathBuf,
@@ -38,7 +41,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the shim binary (default: the one next to brisk-ctl).
+    /// Install the shim binary (default: the one next to brisk-ctl) into
+    /// --bin-dir (default /usr/local/bin); refuses to overwrite the Debian
+    /// package's.
     Install {
         #[arg(long)]
         from: Option<PathBuf>,
@@ -53,17 +58,25 @@ enum Cmd {
         /// Image of the probe container (default: CRI's sandbox image).
         #[arg(long)]
         probe_image: Option<String>,
+        /// ctr's `--cgroup` for the probe (default: ctr's, `/<namespace>/<id>`,
+        /// removed after it). On a node whose runc uses systemd cgroups, pass
+        /// one like `system.slice:brisk:probe`.
+        #[arg(long)]
+        probe_cgroup: Option<String>,
         #[arg(long, default_value = "k8s.io")]
         namespace: String,
     },
     /// Restore the config saved by `enable` and restart containerd.
     Rollback,
-    /// Which containers run under which runtime.
+    /// The shim binaries installed (by hand or by the package), and which
+    /// containers run under which runtime.
     Status,
-    /// Remove the shim binary; refuses while any task uses it.
+    /// Remove a hand-installed shim binary; refuses while any task uses
+    /// brisk, and leaves the Debian package's to apt.
     Uninstall,
 }
 
+/// CRI's sandbox image, from `containerd config dump` of the current config.
 fn sandbox_image(node: &Node) -> Option<String> {
     let out = std::process::Command::new(&node.containerd)
         .arg("--config")
@@ -71,11 +84,7 @@ fn sandbox_image(node: &Node) -> Option<String> {
         .args(["config", "dump"])
         .output()
         .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.trim_start().starts_with("sandbox_image"))
-        .and_then(|l| l.split('"').nth(1))
-        .map(String::from)
+    sandbox_image_in(&String::from_utf8_lossy(&out.stdout))
 }
 
 fn run(cli: Cli) -> Result<(), CtlError> {
@@ -94,16 +103,29 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                 Some(f) => f,
                 None => std::env::current_exe()
                     .map_err(|e| CtlError::Command(e.to_string()))?
-                    .with_file_name("containerd-shim-brisk-v2"),
+                    .with_file_name(SHIM_NAME),
             };
             let dest = node.install(&from)?;
             println!("installed {}", dest.display());
+            for other in node.installed_shims().iter().filter(|s| s.path != dest) {
+                println!(
+                    "note: {} ({}) is also there; containerd runs the one first on its PATH",
+                    other.path.display(),
+                    other.origin()
+                );
+            }
         }
         Cmd::Enable {
             canary,
             probe_image,
+            probe_cgroup,
             namespace,
         } => {
+            // Known before anything changes: finding no image after the
+            // restart would leave containerd on brisk unprobed.
+            let image = probe_image
+                .or_else(|| sandbox_image(&node))
+                .ok_or_else(|| CtlError::Command("no probe image: pass --probe-image".into()))?;
             let edit = node.write_enabled_config(canary)?;
             println!(
                 "config: handler {:?} now uses {BRISK_RUNTIME_TYPE} (backup {}); carried into {}: {:?}",
@@ -114,10 +136,7 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             );
             let took = node.restart()?;
             println!("containerd restarted in {took:?}");
-            let image = probe_image
-                .or_else(|| sandbox_image(&node))
-                .ok_or_else(|| CtlError::Command("no probe image: pass --probe-image".into()))?;
-            match node.probe(&namespace, &image) {
+            match node.probe(&namespace, &image, probe_cgroup.as_deref()) {
                 Ok(took) => {
                     println!("probe: a container of {image} ran under brisk ({took:?})\nenabled")
                 }
@@ -137,6 +156,13 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             println!("config restored, containerd restarted in {took:?}; running brisk tasks keep their shim until they end");
         }
         Cmd::Status => {
+            let installed = node.installed_shims();
+            if installed.is_empty() {
+                println!("shim: not installed in {:?}", node.shim_candidates());
+            }
+            for s in installed {
+                println!("shim: {} ({})", s.path.display(), s.origin());
+            }
             println!(
                 "{:<12} {:<66} {:<24} TASK",
                 "NAMESPACE", "CONTAINER", "RUNTIME"
@@ -152,8 +178,13 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             }
         }
         Cmd::Uninstall => {
-            node.uninstall()?;
-            println!("removed {}", node.shim_path().display());
+            let removed = node.uninstall()?;
+            if removed.is_empty() {
+                println!("no shim installed in {:?}", node.shim_candidates());
+            }
+            for path in removed {
+                println!("removed {}", path.display());
+            }
         }
     }
     Ok(())
