@@ -68,37 +68,30 @@ pub fn ppid(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// VmRSS of a process in KiB.
-pub fn vm_rss_kib(pid: i32) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+/// The number after `key` in a `/proc/PID/*` file of `key: value [kB]` lines.
+fn proc_field(pid: i32, file: &str, key: &str) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
     s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(key))?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// Resident set size, KiB.
+pub fn vm_rss_kib(pid: i32) -> Option<u64> {
+    proc_field(pid, "status", "VmRSS:")
 }
 
 /// Proportional set size (shared pages divided among their users), KiB.
 pub fn pss_kib(pid: i32) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("Pss:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    proc_field(pid, "smaps_rollup", "Pss:")
 }
 
 /// Number of threads of a process.
 pub fn threads(pid: i32) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("Threads:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    proc_field(pid, "status", "Threads:")
 }
 
 /// Does this argv carry `-address <addr>` (or `--address`, `-address=addr`)?
