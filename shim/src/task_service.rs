@@ -277,19 +277,12 @@ impl TaskService {
         tokio::spawn(async move {
             let _job = job;
             let started = Instant::now();
-            let gone = match runc.delete(&id, false).await {
+            let gone = match runc_delete_or_force(&runc, &id, false).await {
                 Ok(()) => true,
                 Err(e) if e.is_not_found() => true,
                 Err(e) => {
-                    warn!(id, error = %e, "runc delete failed, forcing");
-                    match runc.delete(&id, true).await {
-                        Ok(()) => true,
-                        Err(e) if e.is_not_found() => true,
-                        Err(e) => {
-                            tracing::error!(id, error = %e, "runc delete --force failed");
-                            false
-                        }
-                    }
+                    tracing::error!(id, error = %e, "runc delete --force failed");
+                    false
                 }
             };
             info!(id, took = ?started.elapsed(), gone, "runc state removed at the exit");
@@ -603,13 +596,8 @@ impl TaskService {
                     "runc delete of {id} failed; see the shim log"
                 )));
             }
-        } else if let Err(e) = runc.delete(id, was_created).await {
-            if e.is_not_found() {
-                debug!(id, "runc state already gone");
-            } else {
-                warn!(id, error = %e, "runc delete failed, forcing");
-                runc.delete(id, true).await?;
-            }
+        } else {
+            runc_delete_or_force(&runc, id, was_created).await?;
         }
         // The unmount runs detached; Delete does not wait for it.
         if let Some(r) = rootfs {
@@ -629,6 +617,26 @@ impl TaskService {
         );
         info!(id, status = exit.status, "container deleted");
         Ok(delete_response(pid, exit))
+    }
+}
+
+/// `runc delete` (forced when `force`), then `runc delete --force` when that
+/// failed for another reason than the state being gone already.
+async fn runc_delete_or_force(
+    runc: &Runc,
+    id: &str,
+    force: bool,
+) -> std::result::Result<(), RuncError> {
+    match runc.delete(id, force).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => {
+            debug!(id, "runc state already gone");
+            Ok(())
+        }
+        Err(e) => {
+            warn!(id, error = %e, "runc delete failed, forcing");
+            runc.delete(id, true).await
+        }
     }
 }
 
