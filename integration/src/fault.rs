@@ -177,7 +177,17 @@ exec '{runc}' "$@"
 
     /// (subcommand, container id) of every call that hung so far.
     pub fn hung(&self) -> Vec<(String, String)> {
-        fs::read_to_string(self.ctl.join("hung"))
+        self.noted("hung")
+    }
+
+    /// (subcommand, container id) of every call that lingered (or lingers
+    /// now) after runc was done.
+    pub fn slowed(&self) -> Vec<(String, String)> {
+        self.noted("slowed")
+    }
+
+    fn noted(&self, file: &str) -> Vec<(String, String)> {
+        fs::read_to_string(self.ctl.join(file))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| {
@@ -189,16 +199,23 @@ exec '{runc}' "$@"
 
     /// Wait until a `runc SUB ID` call hangs.
     pub fn wait_hung(&self, sub: &str, id: &str, timeout: Duration) -> Result<()> {
+        self.wait_noted("hung", sub, id, timeout)
+    }
+
+    /// Wait until a `runc SUB ID` call is done and lingers.
+    pub fn wait_slowed(&self, sub: &str, id: &str, timeout: Duration) -> Result<()> {
+        self.wait_noted("slowed", sub, id, timeout)
+    }
+
+    fn wait_noted(&self, file: &str, sub: &str, id: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.hung().iter().any(|(s, i)| s == sub && i == id) {
+            let noted = self.noted(file);
+            if noted.iter().any(|(s, i)| s == sub && i == id) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "no hung `runc {sub} {id}` after {timeout:?}; hung: {:?}",
-                    self.hung()
-                );
+                bail!("no {file} `runc {sub} {id}` after {timeout:?}; {file}: {noted:?}");
             }
             std::thread::sleep(Duration::from_millis(10));
         }

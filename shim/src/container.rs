@@ -84,8 +84,8 @@ pub struct Container {
     pub execs: HashMap<String, Process>,
     /// The rootfs, when the shim mounted it.
     pub rootfs: Option<MountedRootfs>,
-    /// Kills of the init that runc is still running; Delete waits for them.
-    pub kills_in_flight: usize,
+    /// Calls on this container still owed an answer; Delete waits for them.
+    pub calls_in_flight: usize,
     /// The outcome of the `runc delete` started once the init's exit was
     /// published (None while it runs; true when runc's state is gone).
     /// Delete waits on it instead of calling runc itself.

@@ -7,6 +7,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    future::Future,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -85,20 +86,31 @@ impl Drop for Reservation {
     }
 }
 
-/// Counts a Kill of a container's init while runc runs it.
-struct KillInFlight(Shared<Container>);
+/// Counts a call on a container that has not answered yet; Delete of the
+/// container waits for it. containerd closes the task's connection once
+/// Delete answers, and a call still owed an answer then fails with "ttrpc:
+/// closed", which CRI reports as an unknown error, not as "exited already".
+struct CallInFlight(Shared<Container>);
 
-impl KillInFlight {
+impl CallInFlight {
     fn new(c: &Shared<Container>) -> Self {
-        container::lock(c).kills_in_flight += 1;
-        KillInFlight(c.clone())
+        container::lock(c).calls_in_flight += 1;
+        CallInFlight(c.clone())
     }
 }
 
-impl Drop for KillInFlight {
+impl Drop for CallInFlight {
     fn drop(&mut self) {
-        container::lock(&self.0).kills_in_flight -= 1;
+        container::lock(&self.0).calls_in_flight -= 1;
     }
+}
+
+/// How a runc call on a live container ended.
+enum Outcome<T> {
+    /// runc answered first.
+    Done(T),
+    /// The container's init exited first; runc goes on detached.
+    Exited,
 }
 
 struct Busy(Arc<Inner>);
@@ -304,6 +316,47 @@ impl TaskService {
         }
     }
 
+    /// Runs a runc call on a live container and answers as soon as runc is
+    /// done or the container's init exits, whichever comes first. After the
+    /// exit the answer is known without runc: the task is exiting. Waiting
+    /// for runc instead would hold up Delete, which waits for every call in
+    /// flight, and with it containerd's exit handling, behind a runc that
+    /// may be slow or hung. runc then goes on detached, counted as work on
+    /// the container id so that the shim does not exit under it.
+    async fn runc_until_exit<T, F>(
+        &self,
+        c: &Shared<Container>,
+        id: &str,
+        call: F,
+    ) -> Result<Outcome<T>>
+    where
+        T: Send + 'static,
+        F: Future<Output = std::result::Result<T, RuncError>> + Send + 'static,
+    {
+        let _call = CallInFlight::new(c);
+        let mut exited = container::lock(c).init.subscribe_exit();
+        let job = self
+            .inner
+            .detached
+            .begin(vec![WorkKey::Container(id.to_string())]);
+        let mut runc = tokio::spawn(async move {
+            let _job = job;
+            call.await
+        });
+        tokio::select! {
+            biased;
+            joined = &mut runc => match joined {
+                Ok(Ok(v)) => Ok(Outcome::Done(v)),
+                Ok(Err(e)) => Err(self.runc_failed(c, id, e)),
+                Err(e) => Err(ShimError::Other(format!("runc call on {id}: {e}"))),
+            },
+            _ = exited.wait_for(Option::is_some) => {
+                debug!(id, "container exited while runc ran; answering without waiting for runc");
+                Ok(Outcome::Exited)
+            }
+        }
+    }
+
     fn watch_exit(&self, c: Shared<Container>, exec_id: String, pid: i32, since: Instant) {
         let rx = self.inner.reaper.watch(pid, since);
         let svc = self.clone();
@@ -425,7 +478,7 @@ impl TaskService {
             init,
             execs: HashMap::new(),
             rootfs,
-            kills_in_flight: 0,
+            calls_in_flight: 0,
             runc_deleted: None,
         }));
         {
@@ -577,12 +630,11 @@ impl TaskService {
         };
         info!(id, "deleting container");
         let waited = Instant::now();
-        while container::lock(&c).kills_in_flight > 0 && waited.elapsed() < Duration::from_secs(60)
-        {
+        while container::lock(&c).calls_in_flight > 0 && waited.elapsed() < WORK_WAIT {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if waited.elapsed() > Duration::from_millis(100) {
-            info!(id, waited = ?waited.elapsed(), "delete waited for a kill in flight");
+            info!(id, waited = ?waited.elapsed(), "delete waited for calls in flight on the container");
         }
         // After an exit, runc's state is already being removed; wait for
         // that. A created container still has its init blocked in runc;
@@ -730,7 +782,10 @@ impl Task for TaskService {
             drop(g);
             pid
         } else {
-            let pid = self.start_exec(&c, &req.exec_id).await?;
+            let pid = {
+                let _call = CallInFlight::new(&c);
+                self.start_exec(&c, &req.exec_id).await?
+            };
             self.inner.events.send(
                 topics::TASK_EXEC_STARTED_EVENT_TOPIC,
                 TaskExecStarted {
@@ -807,13 +862,17 @@ impl Task for TaskService {
                 g.execs.values().map(|p| (p.pid, p.id.clone())).collect();
             (g.runc.clone(), execs)
         };
-        let pids = match runc.ps(&req.id).await {
-            Ok(pids) => pids,
-            Err(e) => match self.runc_failed(&c, &req.id, e) {
-                // It exited while runc looked: no processes, as for a stopped task.
-                ShimError::Exiting(_) => return Ok(api::PidsResponse::default()),
-                other => return Err(other.into()),
-            },
+        let id = req.id.clone();
+        let pids = match self
+            .runc_until_exit(&c, &req.id, async move { runc.ps(&id).await })
+            .await
+        {
+            Ok(Outcome::Done(pids)) => pids,
+            // It exited while runc looked: no processes, as for a stopped task.
+            Ok(Outcome::Exited) | Err(ShimError::Exiting(_)) => {
+                return Ok(api::PidsResponse::default())
+            }
+            Err(other) => return Err(other.into()),
         };
         let processes = pids
             .into_iter()
@@ -848,9 +907,13 @@ impl Task for TaskService {
             g.init.state.next(Event::Pause, &req.id)?;
             g.runc.clone()
         };
-        runc.pause(&req.id)
-            .await
-            .map_err(|e| self.runc_failed(&c, &req.id, e))?;
+        let id = req.id.clone();
+        let done = self
+            .runc_until_exit(&c, &req.id, async move { runc.pause(&id).await })
+            .await?;
+        if let Outcome::Exited = done {
+            return Err(ShimError::Exiting(req.id.clone()).into());
+        }
         let _ = container::lock(&c).init.apply(Event::Pause);
         self.inner.events.send(
             topics::TASK_PAUSED_EVENT_TOPIC,
@@ -870,9 +933,13 @@ impl Task for TaskService {
             g.init.state.next(Event::Resume, &req.id)?;
             g.runc.clone()
         };
-        runc.resume(&req.id)
-            .await
-            .map_err(|e| self.runc_failed(&c, &req.id, e))?;
+        let id = req.id.clone();
+        let done = self
+            .runc_until_exit(&c, &req.id, async move { runc.resume(&id).await })
+            .await?;
+        if let Outcome::Exited = done {
+            return Err(ShimError::Exiting(req.id.clone()).into());
+        }
         let _ = container::lock(&c).init.apply(Event::Resume);
         self.inner.events.send(
             topics::TASK_RESUMED_EVENT_TOPIC,
@@ -914,12 +981,15 @@ impl Task for TaskService {
             "kill"
         );
         if req.exec_id.is_empty() {
-            // Delete waits for this call: containerd drops the task's
-            // connection once Delete answers, which would cut our answer off.
-            let _kill = KillInFlight::new(&c);
-            runc.kill(&req.id, req.signal, req.all)
-                .await
-                .map_err(|e| self.runc_failed(&c, &req.id, e))?;
+            // An exit while runc runs answers the Kill: the signal landed,
+            // or is moot.
+            let (id, signal, all) = (req.id.clone(), req.signal, req.all);
+            self.runc_until_exit(
+                &c,
+                &req.id,
+                async move { runc.kill(&id, signal, all).await },
+            )
+            .await?;
         } else if pid > 0 {
             // An exec is the shim's child until reaped, so its pid cannot be reused.
             let sig = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|_| {
@@ -1014,9 +1084,17 @@ impl Task for TaskService {
             serde_json::from_slice(&req.resources.value).map_err(|e| {
                 ShimError::InvalidArgument(format!("update of {}: resources: {e}", req.id))
             })?;
-        runc.update(&req.id, &resources)
-            .await
-            .map_err(|e| self.runc_failed(&c, &req.id, e))?;
+        let id = req.id.clone();
+        let done = self
+            .runc_until_exit(
+                &c,
+                &req.id,
+                async move { runc.update(&id, &resources).await },
+            )
+            .await?;
+        if let Outcome::Exited = done {
+            return Err(ShimError::Exiting(req.id.clone()).into());
+        }
         Ok(Empty::new())
     }
 
@@ -1058,6 +1136,7 @@ impl Task for TaskService {
             g.ensure_alive()?;
             g.init.pid
         };
+        let _call = CallInFlight::new(&c);
         let stats = tokio::task::spawn_blocking(move || cgroup_metrics::collect(pid as u32))
             .await
             .map_err(|e| ShimError::Other(format!("stats task: {e}")))??;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use brisk_integration::cri::ContainerState;
 use brisk_integration::fault::RuncWrapper;
-use brisk_integration::{ContainerSpec, BRISK_HANDLER};
+use brisk_integration::{ContainerSpec, LinuxContainerResources, BRISK_HANDLER};
 use containerd_shim_protos::api::Status;
 use containerd_shim_protos::ttrpc::Code;
 
@@ -188,6 +188,19 @@ fn hung_runc_blocks_no_other_call() {
             woke.saturating_duration_since(killed),
             QUICK,
         ));
+        // The hung Update and Pids answer at the exit; their runc calls
+        // stay hung, detached.
+        let u = hung_update.join().unwrap();
+        let p = hung_pids.join().unwrap();
+        t.0.push((
+            "update+ps hung: hung Update and Pids a answer after the kill".into(),
+            killed.elapsed(),
+            QUICK,
+        ));
+        let u = u.expect_err("Update of a container that exited meanwhile");
+        assert_eq!(u.code, Code::NOT_FOUND, "{u}");
+        assert!(u.message.contains("exiting"), "{u}");
+        assert_eq!(ok("Pids a", p), Vec::<u32>::new());
 
         // --- CRI's exit handling calls Delete a, whose runc delete hangs too.
         wrapper
@@ -231,12 +244,12 @@ fn hung_runc_blocks_no_other_call() {
             "{ls:?}"
         );
 
-        // The hung calls are still hung: nothing above waited for them.
-        assert!(!hung_update.is_finished() && !hung_pids.is_finished());
+        // runc itself is still hung: nothing above waited for it.
+        let hung = wrapper.hung();
+        for sub in ["update", "ps", "delete"] {
+            assert!(hung.iter().any(|(s, i)| s == sub && i == &a), "{hung:?}");
+        }
         wrapper.clear();
-        let u = hung_update.join().unwrap();
-        let p = hung_pids.join().unwrap();
-        eprintln!("released: update a -> {u:?}, pids a -> {p:?}");
     });
     t.check();
 
@@ -275,6 +288,68 @@ fn stop_container_while_runc_kill_answers_late() {
     if let Err(e) = &r {
         panic!(
             "StopContainer with a slow runc kill: {e:#}\n{}",
+            cd.log_tail(30)
+        );
+    }
+    let st = cri
+        .wait_for_exited(&c, Duration::from_secs(30))
+        .expect("exited");
+    assert_eq!(st.exit_code, 137);
+    let r = cri
+        .exec_sync(&keep, &["echo", "ok"], Duration::from_secs(10))
+        .expect("ExecSync in the other container");
+    assert_eq!(r.stdout_str(), "ok\n");
+    common::stop_pod(cri, &pod.id);
+    cri.remove_pod(&pod.id).expect("remove pod");
+    cd.assert_no_leaks();
+    cd.finish();
+}
+
+/// CRI UpdateContainerResources while the container exits: runc update is
+/// done but answers late, and meanwhile the container is killed from
+/// outside (as the OOM killer would). CRI's exit handling deletes the task
+/// and containerd then closes the task's connection; the Update must have
+/// its answer before that, "exiting" (which CRI takes as success), never
+/// "ttrpc: closed" (which CRI reports as an unknown error to kubelet).
+#[test]
+fn update_in_flight_when_the_container_exits() {
+    let Some(cd) = common::start_with(BRISK_HANDLER, common::wrapper_options()) else {
+        return;
+    };
+    let wrapper = RuncWrapper::install(&cd.dir).expect("runc wrapper");
+    let cri = cd.cri();
+    let pod = cri.run_pod_sandbox(BRISK_HANDLER, "updexit").expect("pod");
+    let keep = cri
+        .run_container(&pod, &ContainerSpec::new("keep", &["sleep", "1000"]))
+        .expect("keep");
+    let c = cri
+        .run_container(&pod, &ContainerSpec::new("c", &["sleep", "1000"]))
+        .expect("c");
+    let pid = {
+        let shim = Shim::of_cri_container(&cd, &c).expect("connect to the pod's shim");
+        ok("State c", shim.state(&c, "")).pid as i32
+    };
+    wrapper.slow("update", &[&c]).unwrap();
+    let r = std::thread::scope(|s| {
+        let update = s.spawn(|| {
+            let r = LinuxContainerResources {
+                cpu_shares: 512,
+                ..Default::default()
+            };
+            cri.update_container_resources(&c, r)
+        });
+        wrapper
+            .wait_slowed("update", &c, Duration::from_secs(10))
+            .expect("runc update of c ran");
+        // SAFETY: kill(2) of the container's init, a pid that stays ours
+        // until the shim reaps it after this signal.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        update.join().unwrap()
+    });
+    wrapper.clear();
+    if let Err(e) = &r {
+        panic!(
+            "UpdateContainerResources while the container exits: {e:#}\n{}",
             cd.log_tail(30)
         );
     }
