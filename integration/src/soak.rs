@@ -16,7 +16,7 @@ use anyhow::Result;
 use crate::{
     cri::{ContainerSpec, LinuxContainerResources},
     scenario::{self, quantile, Strace},
-    Containerd, Options, BRISK_HANDLER,
+    sys, Containerd, Options, BRISK_HANDLER,
 };
 
 #[derive(Debug, Clone)]
@@ -47,6 +47,8 @@ pub struct Sample {
     pub at: Duration,
     pub rss_kib_total: u64,
     pub rss_kib_max: u64,
+    /// Anonymous memory (heap, stacks) of all shims.
+    pub anon_kib_total: u64,
     pub fds_total: usize,
 }
 
@@ -64,15 +66,6 @@ pub struct SoakReport {
     pub leaks: Vec<String>,
     pub zombies: Vec<String>,
     pub elapsed: Duration,
-}
-
-fn status_kib(pid: i32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn fd_count(pid: i32) -> usize {
@@ -162,11 +155,18 @@ fn run_on(cd: &Containerd, p: &SoakParams, started: Instant) -> Result<SoakRepor
         let sampler = s.spawn(|| {
             let mut samples = Vec::new();
             while !stop.load(Ordering::SeqCst) {
-                let rss: Vec<u64> = shims.iter().map(|&pid| status_kib(pid, "VmRSS:")).collect();
+                let rss: Vec<u64> = shims
+                    .iter()
+                    .map(|&pid| sys::vm_rss_kib(pid).unwrap_or(0))
+                    .collect();
                 samples.push(Sample {
                     at: started.elapsed(),
                     rss_kib_total: rss.iter().sum(),
                     rss_kib_max: rss.iter().copied().max().unwrap_or(0),
+                    anon_kib_total: shims
+                        .iter()
+                        .map(|&pid| sys::rss_anon_kib(pid).unwrap_or(0))
+                        .sum(),
                     fds_total: shims.iter().map(|&pid| fd_count(pid)).sum(),
                 });
                 for _ in 0..20 {
@@ -269,22 +269,25 @@ impl SoakReport {
         ));
         if let (Some(a), Some(b)) = (first, last) {
             s.push_str(&format!(
-                "shim RSS total {} -> {} KiB (max per shim {} -> {} KiB); fds {} -> {}\n",
+                "shim RSS total {} -> {} KiB (max per shim {} -> {} KiB; anonymous {} -> {} KiB); fds {} -> {}\n",
                 a.rss_kib_total,
                 b.rss_kib_total,
                 a.rss_kib_max,
                 b.rss_kib_max,
+                a.anon_kib_total,
+                b.anon_kib_total,
                 a.fds_total,
                 b.fds_total
             ));
         }
-        s.push_str("curve (s, RSS KiB total, fds total):");
+        s.push_str("curve (s, RSS KiB total, anonymous KiB total, fds total):");
         let step = (self.samples.len() / 12).max(1);
         for x in self.samples.iter().step_by(step) {
             s.push_str(&format!(
-                " ({:.0}, {}, {})",
+                " ({:.0}, {}, {}, {})",
                 x.at.as_secs_f64(),
                 x.rss_kib_total,
+                x.anon_kib_total,
                 x.fds_total
             ));
         }

@@ -84,6 +84,13 @@ pub fn vm_rss_kib(pid: i32) -> Option<u64> {
     proc_field(pid, "status", "VmRSS:")
 }
 
+/// The anonymous part of the resident set (heap, stacks), KiB: what grows
+/// if a process leaks memory, unlike file pages of its binary, which it
+/// touches bit by bit as new code paths run.
+pub fn rss_anon_kib(pid: i32) -> Option<u64> {
+    proc_field(pid, "status", "RssAnon:")
+}
+
 /// Proportional set size (shared pages divided among their users), KiB.
 pub fn pss_kib(pid: i32) -> Option<u64> {
     proc_field(pid, "smaps_rollup", "Pss:")

@@ -113,6 +113,16 @@ enum Outcome<T> {
     Exited,
 }
 
+impl<T> Outcome<T> {
+    /// runc's answer, or "exiting" for a container that exited meanwhile.
+    fn or_exiting(self, id: &str) -> Result<T> {
+        match self {
+            Outcome::Done(v) => Ok(v),
+            Outcome::Exited => Err(ShimError::Exiting(id.to_string())),
+        }
+    }
+}
+
 struct Busy(Arc<Inner>);
 
 impl Drop for Busy {
@@ -355,6 +365,48 @@ impl TaskService {
                 Ok(Outcome::Exited)
             }
         }
+    }
+
+    /// Pause (freeze) or resume (thaw) every process of a container.
+    async fn set_frozen(&self, id: &str, frozen: bool) -> Result<()> {
+        let _busy = self.busy();
+        let c = self.container(id)?;
+        let event = if frozen { Event::Pause } else { Event::Resume };
+        let runc = {
+            let g = container::lock(&c);
+            g.init.state.next(event, id)?;
+            g.runc.clone()
+        };
+        let owned_id = id.to_string();
+        self.runc_until_exit(&c, id, async move {
+            if frozen {
+                runc.pause(&owned_id).await
+            } else {
+                runc.resume(&owned_id).await
+            }
+        })
+        .await?
+        .or_exiting(id)?;
+        let _ = container::lock(&c).init.apply(event);
+        let container_id = id.to_string();
+        if frozen {
+            let paused = TaskPaused {
+                container_id,
+                ..Default::default()
+            };
+            self.inner
+                .events
+                .send(topics::TASK_PAUSED_EVENT_TOPIC, paused);
+        } else {
+            let resumed = TaskResumed {
+                container_id,
+                ..Default::default()
+            };
+            self.inner
+                .events
+                .send(topics::TASK_RESUMED_EVENT_TOPIC, resumed);
+        }
+        Ok(())
     }
 
     fn watch_exit(&self, c: Shared<Container>, exec_id: String, pid: i32, since: Instant) {
@@ -900,54 +952,12 @@ impl Task for TaskService {
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
-        let _busy = self.busy();
-        let c = self.container(&req.id)?;
-        let runc = {
-            let g = container::lock(&c);
-            g.init.state.next(Event::Pause, &req.id)?;
-            g.runc.clone()
-        };
-        let id = req.id.clone();
-        let done = self
-            .runc_until_exit(&c, &req.id, async move { runc.pause(&id).await })
-            .await?;
-        if let Outcome::Exited = done {
-            return Err(ShimError::Exiting(req.id.clone()).into());
-        }
-        let _ = container::lock(&c).init.apply(Event::Pause);
-        self.inner.events.send(
-            topics::TASK_PAUSED_EVENT_TOPIC,
-            TaskPaused {
-                container_id: req.id.clone(),
-                ..Default::default()
-            },
-        );
+        self.set_frozen(&req.id, true).await?;
         Ok(Empty::new())
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
-        let _busy = self.busy();
-        let c = self.container(&req.id)?;
-        let runc = {
-            let g = container::lock(&c);
-            g.init.state.next(Event::Resume, &req.id)?;
-            g.runc.clone()
-        };
-        let id = req.id.clone();
-        let done = self
-            .runc_until_exit(&c, &req.id, async move { runc.resume(&id).await })
-            .await?;
-        if let Outcome::Exited = done {
-            return Err(ShimError::Exiting(req.id.clone()).into());
-        }
-        let _ = container::lock(&c).init.apply(Event::Resume);
-        self.inner.events.send(
-            topics::TASK_RESUMED_EVENT_TOPIC,
-            TaskResumed {
-                container_id: req.id.clone(),
-                ..Default::default()
-            },
-        );
+        self.set_frozen(&req.id, false).await?;
         Ok(Empty::new())
     }
 
@@ -1085,16 +1095,13 @@ impl Task for TaskService {
                 ShimError::InvalidArgument(format!("update of {}: resources: {e}", req.id))
             })?;
         let id = req.id.clone();
-        let done = self
-            .runc_until_exit(
-                &c,
-                &req.id,
-                async move { runc.update(&id, &resources).await },
-            )
-            .await?;
-        if let Outcome::Exited = done {
-            return Err(ShimError::Exiting(req.id.clone()).into());
-        }
+        self.runc_until_exit(
+            &c,
+            &req.id,
+            async move { runc.update(&id, &resources).await },
+        )
+        .await?
+        .or_exiting(&req.id)?;
         Ok(Empty::new())
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use brisk_integration::cri::ContainerState;
 use brisk_integration::fault::RuncWrapper;
-use brisk_integration::{ContainerSpec, LinuxContainerResources, BRISK_HANDLER};
+use brisk_integration::{ContainerSpec, Containerd, LinuxContainerResources, Pod, BRISK_HANDLER};
 use containerd_shim_protos::api::Status;
 use containerd_shim_protos::ttrpc::Code;
 
@@ -264,45 +264,76 @@ fn hung_runc_blocks_no_other_call() {
     cd.finish();
 }
 
+/// A pod on brisk, through the runc wrapper, with a container that stays
+/// (`keep`) and one the test makes exit (`c`).
+struct Victim {
+    cd: Containerd,
+    wrapper: RuncWrapper,
+    pod: Pod,
+    keep: String,
+    c: String,
+}
+
+impl Victim {
+    fn start(pod_name: &str) -> Option<Victim> {
+        let cd = common::start_with(BRISK_HANDLER, common::wrapper_options())?;
+        let wrapper = RuncWrapper::install(&cd.dir).expect("runc wrapper");
+        let cri = cd.cri();
+        let pod = cri.run_pod_sandbox(BRISK_HANDLER, pod_name).expect("pod");
+        let keep = cri
+            .run_container(&pod, &ContainerSpec::new("keep", &["sleep", "1000"]))
+            .expect("keep");
+        let c = cri
+            .run_container(&pod, &ContainerSpec::new("c", &["sleep", "1000"]))
+            .expect("c");
+        Some(Victim {
+            cd,
+            wrapper,
+            pod,
+            keep,
+            c,
+        })
+    }
+
+    /// Fails the test with `what` and containerd's log when `r` failed.
+    fn ensure<T>(&self, what: &str, r: anyhow::Result<T>) -> T {
+        r.unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", self.cd.log_tail(30)))
+    }
+
+    /// `c` shows EXITED with `code` in CRI, `keep` still answers, and once
+    /// the pod is gone nothing is left behind.
+    fn finish(self, code: i32) {
+        self.wrapper.clear();
+        let cri = self.cd.cri();
+        let st = cri
+            .wait_for_exited(&self.c, Duration::from_secs(30))
+            .expect("exited");
+        assert_eq!(st.exit_code, code);
+        let r = cri
+            .exec_sync(&self.keep, &["echo", "ok"], Duration::from_secs(10))
+            .expect("ExecSync in the other container");
+        assert_eq!(r.stdout_str(), "ok\n");
+        common::stop_pod(cri, &self.pod.id);
+        cri.remove_pod(&self.pod.id).expect("remove pod");
+        self.cd.assert_no_leaks();
+        drop(self.wrapper);
+        self.cd.finish();
+    }
+}
+
 /// CRI StopContainer while `runc kill` answers late (its signal lands at
 /// once, its exit status 0.5 s later): the container exits, CRI's exit
 /// handling deletes it, and the Kill call must still get its answer, so
 /// StopContainer succeeds. With the stock shim Delete waits for the Kill.
 #[test]
 fn stop_container_while_runc_kill_answers_late() {
-    let Some(cd) = common::start_with(BRISK_HANDLER, common::wrapper_options()) else {
+    let Some(v) = Victim::start("slowkill") else {
         return;
     };
-    let wrapper = RuncWrapper::install(&cd.dir).expect("runc wrapper");
-    let cri = cd.cri();
-    let pod = cri.run_pod_sandbox(BRISK_HANDLER, "slowkill").expect("pod");
-    let keep = cri
-        .run_container(&pod, &ContainerSpec::new("keep", &["sleep", "1000"]))
-        .expect("keep");
-    let c = cri
-        .run_container(&pod, &ContainerSpec::new("c", &["sleep", "1000"]))
-        .expect("c");
-    wrapper.slow("kill", &[&c]).unwrap();
-    let r = cri.stop_container(&c, 0);
-    wrapper.clear();
-    if let Err(e) = &r {
-        panic!(
-            "StopContainer with a slow runc kill: {e:#}\n{}",
-            cd.log_tail(30)
-        );
-    }
-    let st = cri
-        .wait_for_exited(&c, Duration::from_secs(30))
-        .expect("exited");
-    assert_eq!(st.exit_code, 137);
-    let r = cri
-        .exec_sync(&keep, &["echo", "ok"], Duration::from_secs(10))
-        .expect("ExecSync in the other container");
-    assert_eq!(r.stdout_str(), "ok\n");
-    common::stop_pod(cri, &pod.id);
-    cri.remove_pod(&pod.id).expect("remove pod");
-    cd.assert_no_leaks();
-    cd.finish();
+    v.wrapper.slow("kill", &[&v.c]).unwrap();
+    let r = v.cd.cri().stop_container(&v.c, 0);
+    v.ensure("StopContainer with a slow runc kill", r);
+    v.finish(137);
 }
 
 /// CRI UpdateContainerResources while the container exits: runc update is
@@ -313,56 +344,30 @@ fn stop_container_while_runc_kill_answers_late() {
 /// "ttrpc: closed" (which CRI reports as an unknown error to kubelet).
 #[test]
 fn update_in_flight_when_the_container_exits() {
-    let Some(cd) = common::start_with(BRISK_HANDLER, common::wrapper_options()) else {
+    let Some(v) = Victim::start("updexit") else {
         return;
     };
-    let wrapper = RuncWrapper::install(&cd.dir).expect("runc wrapper");
-    let cri = cd.cri();
-    let pod = cri.run_pod_sandbox(BRISK_HANDLER, "updexit").expect("pod");
-    let keep = cri
-        .run_container(&pod, &ContainerSpec::new("keep", &["sleep", "1000"]))
-        .expect("keep");
-    let c = cri
-        .run_container(&pod, &ContainerSpec::new("c", &["sleep", "1000"]))
-        .expect("c");
     let pid = {
-        let shim = Shim::of_cri_container(&cd, &c).expect("connect to the pod's shim");
-        ok("State c", shim.state(&c, "")).pid as i32
+        let shim = Shim::of_cri_container(&v.cd, &v.c).expect("connect to the pod's shim");
+        ok("State c", shim.state(&v.c, "")).pid as i32
     };
-    wrapper.slow("update", &[&c]).unwrap();
+    v.wrapper.slow("update", &[&v.c]).unwrap();
     let r = std::thread::scope(|s| {
         let update = s.spawn(|| {
             let r = LinuxContainerResources {
                 cpu_shares: 512,
                 ..Default::default()
             };
-            cri.update_container_resources(&c, r)
+            v.cd.cri().update_container_resources(&v.c, r)
         });
-        wrapper
-            .wait_slowed("update", &c, Duration::from_secs(10))
+        v.wrapper
+            .wait_slowed("update", &v.c, Duration::from_secs(10))
             .expect("runc update of c ran");
         // SAFETY: kill(2) of the container's init, a pid that stays ours
         // until the shim reaps it after this signal.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
         update.join().unwrap()
     });
-    wrapper.clear();
-    if let Err(e) = &r {
-        panic!(
-            "UpdateContainerResources while the container exits: {e:#}\n{}",
-            cd.log_tail(30)
-        );
-    }
-    let st = cri
-        .wait_for_exited(&c, Duration::from_secs(30))
-        .expect("exited");
-    assert_eq!(st.exit_code, 137);
-    let r = cri
-        .exec_sync(&keep, &["echo", "ok"], Duration::from_secs(10))
-        .expect("ExecSync in the other container");
-    assert_eq!(r.stdout_str(), "ok\n");
-    common::stop_pod(cri, &pod.id);
-    cri.remove_pod(&pod.id).expect("remove pod");
-    cd.assert_no_leaks();
-    cd.finish();
+    v.ensure("UpdateContainerResources while the container exits", r);
+    v.finish(137);
 }
