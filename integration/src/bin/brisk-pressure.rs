@@ -32,20 +32,72 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use brisk_integration::cri::ContainerState;
 use brisk_integration::pressure::{self, DirtyWriter, MemInfo, SysctlGuard};
+use brisk_integration::report::Handlers;
 use brisk_integration::scenario::{self, human, quantile, ratio, ListCall, Strace};
 use brisk_integration::{ContainerSpec, Containerd, BRISK_HANDLER, RUNC_HANDLER};
+use clap::Parser;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// An exiting container under real writeback pressure, the stock runc shim
+/// against brisk in alternating rounds on one private containerd; prints
+/// markdown tables of the rounds and a summary.
+#[derive(Parser, Debug)]
+#[command(name = "brisk-pressure")]
 struct Args {
+    /// Rounds; each runs one container per handler.
+    #[arg(long, value_name = "N", default_value_t = 5)]
     rounds: usize,
-    dirty_gb: Option<f64>,
+    /// Dirty+Writeback to keep during a round, in GiB, or `auto`: min(35% of MemAvailable, 20% of free disk, 10 GiB).
+    #[arg(long, value_name = "GB|auto", default_value_t = DirtyGb::Auto)]
+    dirty_gb: DirtyGb,
+    /// MB the container writes into its rootfs before it exits.
+    #[arg(long, value_name = "N", default_value_t = 300)]
     container_mb: u64,
-    sysctl: bool,
-    updates: bool,
+    /// Leave vm.dirty_ratio and vm.dirty_background_ratio alone (else 60/50 for the run).
+    #[arg(long)]
+    no_sysctl: bool,
+    /// No UpdateContainerResources calls in the kubelet-like loop.
+    #[arg(long)]
+    no_updates: bool,
+    /// Directory of the writer's files; on the filesystem of containerd's root (default: in the instance directory).
+    #[arg(long, value_name = "DIR")]
     writer_dir: Option<PathBuf>,
-    budget: Duration,
-    handlers: Vec<String>,
+    /// Start no round after this many seconds (the first always runs).
+    #[arg(long, value_name = "N", default_value_t = 540)]
+    budget_secs: u64,
+    /// CRI handlers to compare, comma-separated, in table order.
+    #[arg(long, value_name = "H,H", default_value_t = Handlers::stock_and_brisk())]
+    handlers: Handlers,
+}
+
+/// `--dirty-gb`: `auto`, or a size in GiB.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum DirtyGb {
+    Auto,
+    Gib(f64),
+}
+
+impl std::str::FromStr for DirtyGb {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(DirtyGb::Auto);
+        }
+        s.parse()
+            .map(DirtyGb::Gib)
+            .map_err(|e| format!("{e}: a size in GiB or `auto`"))
+    }
+}
+
+impl std::fmt::Display for DirtyGb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DirtyGb::Auto => f.write_str("auto"),
+            DirtyGb::Gib(g) => write!(f, "{g}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -319,6 +371,7 @@ fn label(h: &str) -> String {
 
 fn run(args: &Args) -> Result<()> {
     let started = Instant::now();
+    let budget = Duration::from_secs(args.budget_secs);
     for h in &args.handlers {
         if h == BRISK_HANDLER && !brisk_integration::brisk_shim_bin().is_file() {
             bail!(
@@ -350,8 +403,8 @@ fn run(args: &Args) -> Result<()> {
     let mem = MemInfo::read();
     let free = pressure::free_disk(&root)?;
     let target = match args.dirty_gb {
-        Some(g) => (g * GIB) as u64,
-        None => {
+        DirtyGb::Gib(g) => (g * GIB) as u64,
+        DirtyGb::Auto => {
             let t = (0.35 * mem.available as f64).min(0.2 * free as f64);
             (t.min(10.0 * GIB)) as u64
         }
@@ -380,7 +433,7 @@ fn run(args: &Args) -> Result<()> {
         target as f64 / GIB,
         max_file as f64 / GIB
     );
-    let mut guard = if args.sysctl {
+    let mut guard = if !args.no_sysctl {
         Some(SysctlGuard::raise(60, 50)?)
     } else {
         None
@@ -393,7 +446,7 @@ fn run(args: &Args) -> Result<()> {
         target,
         max_file,
         container_mb: args.container_mb,
-        updates: args.updates,
+        updates: !args.no_updates,
     };
     let mut rounds: Vec<Round> = Vec::new();
     'outer: for round in 1..=args.rounds {
@@ -406,10 +459,10 @@ fn run(args: &Args) -> Result<()> {
                 eprintln!("interrupted: stopping");
                 break 'outer;
             }
-            if round > 1 && started.elapsed() > args.budget {
+            if round > 1 && started.elapsed() > budget {
                 eprintln!(
                     "time budget of {:?} spent: stopping after {} rounds",
-                    args.budget,
+                    budget,
                     round - 1
                 );
                 break 'outer;
@@ -580,50 +633,7 @@ fn run(args: &Args) -> Result<()> {
 }
 
 fn main() {
-    let mut args = Args {
-        rounds: 5,
-        dirty_gb: None,
-        container_mb: 300,
-        sysctl: true,
-        updates: true,
-        writer_dir: None,
-        budget: Duration::from_secs(540),
-        handlers: vec![RUNC_HANDLER.into(), BRISK_HANDLER.into()],
-    };
-    let usage = "usage: brisk-pressure [--rounds 5] [--dirty-gb auto] [--container-mb 300] [--no-sysctl] [--no-updates] [--writer-dir DIR] [--budget-secs 540] [--handlers runc,brisk]";
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut val = || it.next().unwrap_or_default();
-        match a.as_str() {
-            "--rounds" => args.rounds = val().parse().unwrap_or(5),
-            "--dirty-gb" => {
-                let v = val();
-                args.dirty_gb = if v == "auto" { None } else { v.parse().ok() }
-            }
-            "--container-mb" => args.container_mb = val().parse().unwrap_or(300),
-            "--no-sysctl" => args.sysctl = false,
-            "--no-updates" => args.updates = false,
-            "--writer-dir" => args.writer_dir = Some(PathBuf::from(val())),
-            "--budget-secs" => {
-                args.budget = Duration::from_secs(val().parse().unwrap_or(540));
-            }
-            "--handlers" => {
-                args.handlers = val()
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            }
-            "-h" | "--help" => {
-                println!("{usage}");
-                return;
-            }
-            other => {
-                eprintln!("unknown argument {other:?}\n{usage}");
-                std::process::exit(2);
-            }
-        }
-    }
+    let args = Args::parse();
     if !brisk_integration::integration_enabled() {
         std::process::exit(1);
     }
