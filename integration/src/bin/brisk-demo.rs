@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use brisk_integration::cri::{state_name, ContainerState};
+use brisk_integration::report::{self, label};
 use brisk_integration::scenario::{self, human, Strace};
 use brisk_integration::{sys, ContainerSpec, Containerd, BRISK_HANDLER, RUNC_HANDLER};
 use clap::Parser;
@@ -53,12 +54,7 @@ fn short(id: &str) -> &str {
 }
 
 fn run(handler: &str) -> Result<()> {
-    if handler == BRISK_HANDLER && !brisk_integration::brisk_shim_bin().is_file() {
-        bail!(
-            "brisk shim {} not built (cargo build --release -p brisk-shim)",
-            brisk_integration::brisk_shim_bin().display()
-        );
-    }
+    report::require_shim_built([handler])?;
     let cd = Containerd::start().context("start private containerd")?;
     let cri = cd.cri();
     let v = cri.version()?;
@@ -139,14 +135,6 @@ struct Side {
     update_failures: Vec<String>,
     /// The shim's rootfs unmount as strace saw it: (span, calls).
     unmount: Option<(Duration, usize)>,
-}
-
-fn label(h: &str) -> &str {
-    if h == RUNC_HANDLER {
-        "runc (stock)"
-    } else {
-        h
-    }
 }
 
 fn delayed_exit(handler: &str, delay: Duration) -> Result<Side> {
