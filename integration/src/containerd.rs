@@ -251,33 +251,12 @@ pub fn config_toml_for(dir: &Path, opts: &Options, major: u32) -> String {
 /// lives in the instance directory.
 pub fn config_toml_v3(dir: &Path, opts: &Options) -> String {
     let d = |p: &str| toml_str(&dir.join(p).to_string_lossy());
-    let level = if opts.debug || std::env::var_os("BRISK_CONTAINERD_DEBUG").is_some() {
-        "debug"
-    } else {
-        "info"
-    };
     let images = "plugins.\"io.containerd.cri.v1.images\"";
     let rt = "plugins.\"io.containerd.cri.v1.runtime\"";
-    let mut s = String::new();
+    let mut s = config_head(3, dir, opts);
     let _ = write!(
         s,
-        r#"version = 3
-root = {root}
-state = {state}
-oom_score = 0
-
-[grpc]
-  address = {sock}
-
-[ttrpc]
-  address = {ttrpc}
-
-[debug]
-  level = "{level}"
-
-[metrics]
-  address = ""
-
+        r#"
 [plugins."io.containerd.internal.v1.opt"]
   path = {opt}
 
@@ -309,20 +288,58 @@ oom_score = 0
 [{rt}.containerd.runtimes.{RUNC_HANDLER}.options]
   SystemdCgroup = false
 "#,
-        root = d("root"),
-        state = d("state"),
-        sock = d("containerd.sock"),
-        ttrpc = d("containerd.sock.ttrpc"),
         opt = d("opt"),
         cni_bin = d("cni/bin"),
         cni_conf = d("cni/conf"),
     );
+    push_brisk_runtime(&mut s, rt, dir, opts);
+    s
+}
+
+/// The start of a private containerd's config, in both versions: its root,
+/// state and sockets in `dir`, the log level, no metrics.
+fn config_head(version: u32, dir: &Path, opts: &Options) -> String {
+    let d = |p: &str| toml_str(&dir.join(p).to_string_lossy());
+    let level = if opts.debug || std::env::var_os("BRISK_CONTAINERD_DEBUG").is_some() {
+        "debug"
+    } else {
+        "info"
+    };
+    format!(
+        r#"version = {version}
+root = {root}
+state = {state}
+oom_score = 0
+
+[grpc]
+  address = {sock}
+
+[ttrpc]
+  address = {ttrpc}
+
+[debug]
+  level = "{level}"
+
+[metrics]
+  address = ""
+"#,
+        root = d("root"),
+        state = d("state"),
+        sock = d("containerd.sock"),
+        ttrpc = d("containerd.sock.ttrpc"),
+    )
+}
+
+/// The `brisk` runtime below the CRI plugin table `cri` (unless
+/// [`Options::without_brisk`]), with its `ConfigPath` when `opts` has a
+/// brisk config.
+fn push_brisk_runtime(s: &mut String, cri: &str, dir: &Path, opts: &Options) {
     if opts.without_brisk {
-        return s;
+        return;
     }
     let _ = write!(
         s,
-        "\n[{rt}.containerd.runtimes.{BRISK_HANDLER}]\n  runtime_type = \"{BRISK_RUNTIME_TYPE}\"\n"
+        "\n[{cri}.containerd.runtimes.{BRISK_HANDLER}]\n  runtime_type = \"{BRISK_RUNTIME_TYPE}\"\n"
     );
     let written = opts
         .brisk_config_toml
@@ -331,11 +348,10 @@ oom_score = 0
     if let Some(cfg) = written.as_ref().or(opts.brisk_config.as_ref()) {
         let _ = write!(
             s,
-            "\n[{rt}.containerd.runtimes.{BRISK_HANDLER}.options]\n  ConfigPath = {}\n",
+            "\n[{cri}.containerd.runtimes.{BRISK_HANDLER}.options]\n  ConfigPath = {}\n",
             toml_str(&cfg.to_string_lossy())
         );
     }
-    s
 }
 
 fn toml_str(s: &str) -> String {
@@ -354,32 +370,11 @@ fn toml_str(s: &str) -> String {
 /// The config.toml of a private containerd rooted at `dir`.
 pub fn config_toml(dir: &Path, opts: &Options) -> String {
     let d = |p: &str| toml_str(&dir.join(p).to_string_lossy());
-    let level = if opts.debug || std::env::var_os("BRISK_CONTAINERD_DEBUG").is_some() {
-        "debug"
-    } else {
-        "info"
-    };
     let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
-    let mut s = String::new();
+    let mut s = config_head(2, dir, opts);
     let _ = write!(
         s,
-        r#"version = 2
-root = {root}
-state = {state}
-oom_score = 0
-
-[grpc]
-  address = {sock}
-
-[ttrpc]
-  address = {ttrpc}
-
-[debug]
-  level = "{level}"
-
-[metrics]
-  address = ""
-
+        r#"
 [{cri}]
   sandbox_image = "{PAUSE_IMAGE}"
   restrict_oom_score_adj = true
@@ -401,31 +396,10 @@ oom_score = 0
 [{cri}.containerd.runtimes.{RUNC_HANDLER}.options]
   SystemdCgroup = false
 "#,
-        root = d("root"),
-        state = d("state"),
-        sock = d("containerd.sock"),
-        ttrpc = d("containerd.sock.ttrpc"),
         cni_bin = d("cni/bin"),
         cni_conf = d("cni/conf"),
     );
-    if opts.without_brisk {
-        return s;
-    }
-    let _ = write!(
-        s,
-        "\n[{cri}.containerd.runtimes.{BRISK_HANDLER}]\n  runtime_type = \"{BRISK_RUNTIME_TYPE}\"\n"
-    );
-    let written = opts
-        .brisk_config_toml
-        .as_ref()
-        .map(|_| dir.join("brisk.toml"));
-    if let Some(cfg) = written.as_ref().or(opts.brisk_config.as_ref()) {
-        let _ = write!(
-            s,
-            "\n[{cri}.containerd.runtimes.{BRISK_HANDLER}.options]\n  ConfigPath = {}\n",
-            toml_str(&cfg.to_string_lossy())
-        );
-    }
+    push_brisk_runtime(&mut s, cri, dir, opts);
     s
 }
 
@@ -593,22 +567,7 @@ impl Containerd {
         let Some(mut child) = self.child.take() else {
             bail!("containerd is not running");
         };
-        let pid = child.id() as i32;
-        if matches!(child.try_wait(), Ok(None)) {
-            sys::kill(pid, libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    sys::kill(pid, libc::SIGKILL);
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        terminate(&mut child);
         Ok(())
     }
 
@@ -950,22 +909,8 @@ impl Containerd {
         self.refresh_sockets();
         self.cri = None;
         if let Some(mut child) = self.child.take() {
-            let pid = child.id() as i32;
-            if matches!(child.try_wait(), Ok(None)) {
-                sys::kill(pid, libc::SIGTERM);
-                let deadline = Instant::now() + Duration::from_secs(10);
-                loop {
-                    if let Ok(Some(_)) = child.try_wait() {
-                        break;
-                    }
-                    if Instant::now() > deadline {
-                        errors.push("containerd ignored SIGTERM for 10 s; SIGKILL".into());
-                        sys::kill(pid, libc::SIGKILL);
-                        let _ = child.wait();
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+            if !terminate(&mut child) {
+                errors.push("containerd ignored SIGTERM for 10 s; SIGKILL".into());
             }
         }
         let sockets = self.known_sockets();
@@ -1040,6 +985,28 @@ impl Drop for Containerd {
     }
 }
 
+/// End containerd: SIGTERM, and SIGKILL if it is still there after 10 s.
+/// False when it took the SIGKILL.
+fn terminate(child: &mut Child) -> bool {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return true;
+    }
+    let pid = child.id() as i32;
+    sys::kill(pid, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            sys::kill(pid, libc::SIGKILL);
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The script of [`Containerd::restart_hook`]: request a restart, wait (up
 /// to 2 minutes) for the harness's answer, fail unless it is `ok`.
 const RESTART_HOOK: &str = r#"#!/bin/sh
@@ -1062,19 +1029,17 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// `address` files of the shim bundles below our state dir.
-fn bundle_socket_addresses(dir: &Path) -> BTreeSet<PathBuf> {
-    let mut out = BTreeSet::new();
+/// The shim bundles below our state dir: (namespace, id, path).
+fn bundles(dir: &Path) -> Vec<(String, String, PathBuf)> {
+    let mut out = Vec::new();
     let base = dir.join("state").join(TASK_PLUGIN_DIR);
     if let Ok(nss) = fs::read_dir(&base) {
         for ns in nss.flatten() {
+            let nsname = ns.file_name().to_string_lossy().into_owned();
             if let Ok(bundles) = fs::read_dir(ns.path()) {
                 for b in bundles.flatten() {
-                    if let Ok(a) = fs::read_to_string(b.path().join("address")) {
-                        if let Some(p) = sys::socket_path_from_address(&a) {
-                            out.insert(p);
-                        }
-                    }
+                    let id = b.file_name().to_string_lossy().into_owned();
+                    out.push((nsname.clone(), id, b.path()));
                 }
             }
         }
@@ -1082,21 +1047,21 @@ fn bundle_socket_addresses(dir: &Path) -> BTreeSet<PathBuf> {
     out
 }
 
+/// `address` files of the shim bundles below our state dir.
+fn bundle_socket_addresses(dir: &Path) -> BTreeSet<PathBuf> {
+    bundles(dir)
+        .into_iter()
+        .filter_map(|(_, _, b)| fs::read_to_string(b.join("address")).ok())
+        .filter_map(|a| sys::socket_path_from_address(&a))
+        .collect()
+}
+
 /// (namespace, id) of the bundles below our state dir.
 fn bundle_ids(dir: &Path) -> BTreeSet<(String, String)> {
-    let mut out = BTreeSet::new();
-    let base = dir.join("state").join(TASK_PLUGIN_DIR);
-    if let Ok(nss) = fs::read_dir(&base) {
-        for ns in nss.flatten() {
-            let nsname = ns.file_name().to_string_lossy().into_owned();
-            if let Ok(bundles) = fs::read_dir(ns.path()) {
-                for b in bundles.flatten() {
-                    out.insert((nsname.clone(), b.file_name().to_string_lossy().into_owned()));
-                }
-            }
-        }
-    }
-    out
+    bundles(dir)
+        .into_iter()
+        .map(|(ns, id, _)| (ns, id))
+        .collect()
 }
 
 fn cleanup_instance(

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
@@ -127,6 +127,18 @@ pub struct Cri {
     pub timeout: Duration,
 }
 
+/// The namespaces kubelet asks for in a host-network pod, for the pod and
+/// each of its containers: the node's network, a pid namespace of its own,
+/// the pod's IPC.
+fn host_network_namespaces() -> Option<cri::NamespaceOption> {
+    Some(cri::NamespaceOption {
+        network: cri::NamespaceMode::Node as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    })
+}
+
 fn status_err(what: &str, s: tonic::Status) -> anyhow::Error {
     anyhow!("CRI {what}: {:?}: {}", s.code(), s.message())
 }
@@ -196,6 +208,11 @@ impl Cri {
         &self.cgroup_parent
     }
 
+    /// The record of created IDs (a panic while it was held does not matter).
+    fn tracked_ids(&self) -> MutexGuard<'_, Tracked> {
+        self.tracked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn block<T, F>(&self, what: &str, fut: F) -> Result<T>
     where
         F: Future<Output = Result<T, tonic::Status>>,
@@ -209,15 +226,22 @@ impl Cri {
         })
     }
 
+    /// The RuntimeService call `what` (the name errors give): `call` makes
+    /// the request on a client of its own; the answer's message.
+    fn runtime<T, F, Fut>(&self, what: &str, call: F) -> Result<T>
+    where
+        F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let answer = call(self.rs.clone());
+        self.block(what, async move { Ok(answer.await?.into_inner()) })
+    }
+
     pub fn version(&self) -> Result<cri::VersionResponse> {
-        let mut c = self.rs.clone();
-        self.block("Version", async move {
-            Ok(c.version(cri::VersionRequest {
-                version: "v1".into(),
-            })
-            .await?
-            .into_inner())
-        })
+        let req = cri::VersionRequest {
+            version: "v1".into(),
+        };
+        self.runtime("Version", |mut c| async move { c.version(req).await })
     }
 
     /// True when CRI knows the image (by name).
@@ -270,12 +294,7 @@ impl Cri {
             linux: Some(cri::LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent.clone(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        network: cri::NamespaceMode::Node as i32,
-                        pid: cri::NamespaceMode::Container as i32,
-                        ipc: cri::NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
+                    namespace_options: host_network_namespaces(),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -302,19 +321,14 @@ impl Cri {
             .as_ref()
             .map(|m| m.name.clone())
             .unwrap_or_default();
-        let mut c = self.rs.clone();
         let req = cri::RunPodSandboxRequest {
             config: Some(config.clone()),
             runtime_handler: handler.into(),
         };
-        let r = self.block("RunPodSandbox", async move {
-            Ok(c.run_pod_sandbox(req).await?.into_inner())
+        let r = self.runtime("RunPodSandbox", |mut c| async move {
+            c.run_pod_sandbox(req).await
         })?;
-        self.tracked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pods
-            .push(r.pod_sandbox_id.clone());
+        self.tracked_ids().pods.push(r.pod_sandbox_id.clone());
         Ok(Pod {
             id: r.pod_sandbox_id,
             name,
@@ -325,44 +339,40 @@ impl Cri {
     }
 
     pub fn stop_pod(&self, pod_id: &str) -> Result<()> {
-        let mut c = self.rs.clone();
         let req = cri::StopPodSandboxRequest {
             pod_sandbox_id: pod_id.into(),
         };
-        self.block("StopPodSandbox", async move {
-            Ok(c.stop_pod_sandbox(req).await?.into_inner())
+        self.runtime("StopPodSandbox", |mut c| async move {
+            c.stop_pod_sandbox(req).await
         })?;
         Ok(())
     }
 
     pub fn remove_pod(&self, pod_id: &str) -> Result<()> {
-        let mut c = self.rs.clone();
         let req = cri::RemovePodSandboxRequest {
             pod_sandbox_id: pod_id.into(),
         };
-        self.block("RemovePodSandbox", async move {
-            Ok(c.remove_pod_sandbox(req).await?.into_inner())
+        self.runtime("RemovePodSandbox", |mut c| async move {
+            c.remove_pod_sandbox(req).await
         })?;
         Ok(())
     }
 
     pub fn pod_status(&self, pod_id: &str) -> Result<cri::PodSandboxStatus> {
-        let mut c = self.rs.clone();
         let req = cri::PodSandboxStatusRequest {
             pod_sandbox_id: pod_id.into(),
             verbose: false,
         };
-        let r = self.block("PodSandboxStatus", async move {
-            Ok(c.pod_sandbox_status(req).await?.into_inner())
+        let r = self.runtime("PodSandboxStatus", |mut c| async move {
+            c.pod_sandbox_status(req).await
         })?;
         r.status.ok_or_else(|| anyhow!("PodSandboxStatus: empty"))
     }
 
     pub fn list_pods(&self) -> Result<Vec<cri::PodSandbox>> {
-        let mut c = self.rs.clone();
         let req = cri::ListPodSandboxRequest { filter: None };
-        let r = self.block("ListPodSandbox", async move {
-            Ok(c.list_pod_sandbox(req).await?.into_inner())
+        let r = self.runtime("ListPodSandbox", |mut c| async move {
+            c.list_pod_sandbox(req).await
         })?;
         Ok(r.items)
     }
@@ -396,41 +406,30 @@ impl Cri {
                 resources: spec.resources.clone(),
                 // What kubelet sends for a host-network pod: own pid namespace.
                 security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        network: cri::NamespaceMode::Node as i32,
-                        pid: cri::NamespaceMode::Container as i32,
-                        ipc: cri::NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
+                    namespace_options: host_network_namespaces(),
                     ..Default::default()
                 }),
             }),
             ..Default::default()
         };
-        let mut c = self.rs.clone();
         let req = cri::CreateContainerRequest {
             pod_sandbox_id: pod.id.clone(),
             config: Some(config),
             sandbox_config: Some(pod.config.clone()),
         };
-        let r = self.block("CreateContainer", async move {
-            Ok(c.create_container(req).await?.into_inner())
+        let r = self.runtime("CreateContainer", |mut c| async move {
+            c.create_container(req).await
         })?;
-        self.tracked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .containers
-            .push(r.container_id.clone());
+        self.tracked_ids().containers.push(r.container_id.clone());
         Ok(r.container_id)
     }
 
     pub fn start_container(&self, id: &str) -> Result<()> {
-        let mut c = self.rs.clone();
         let req = cri::StartContainerRequest {
             container_id: id.into(),
         };
-        self.block("StartContainer", async move {
-            Ok(c.start_container(req).await?.into_inner())
+        self.runtime("StartContainer", |mut c| async move {
+            c.start_container(req).await
         })?;
         Ok(())
     }
@@ -444,36 +443,33 @@ impl Cri {
 
     /// StopContainer with a grace period of `timeout_s` seconds (0: SIGKILL at once).
     pub fn stop_container(&self, id: &str, timeout_s: i64) -> Result<()> {
-        let mut c = self.rs.clone();
         let req = cri::StopContainerRequest {
             container_id: id.into(),
             timeout: timeout_s,
         };
-        self.block("StopContainer", async move {
-            Ok(c.stop_container(req).await?.into_inner())
+        self.runtime("StopContainer", |mut c| async move {
+            c.stop_container(req).await
         })?;
         Ok(())
     }
 
     pub fn remove_container(&self, id: &str) -> Result<()> {
-        let mut c = self.rs.clone();
         let req = cri::RemoveContainerRequest {
             container_id: id.into(),
         };
-        self.block("RemoveContainer", async move {
-            Ok(c.remove_container(req).await?.into_inner())
+        self.runtime("RemoveContainer", |mut c| async move {
+            c.remove_container(req).await
         })?;
         Ok(())
     }
 
     pub fn container_status(&self, id: &str) -> Result<ContainerStatus> {
-        let mut c = self.rs.clone();
         let req = cri::ContainerStatusRequest {
             container_id: id.into(),
             verbose: false,
         };
-        let r = self.block("ContainerStatus", async move {
-            Ok(c.container_status(req).await?.into_inner())
+        let r = self.runtime("ContainerStatus", |mut c| async move {
+            c.container_status(req).await
         })?;
         r.status
             .ok_or_else(|| anyhow!("ContainerStatus {id}: empty"))
@@ -481,28 +477,24 @@ impl Cri {
 
     /// ListContainers, optionally of one pod.
     pub fn list_containers(&self, pod_id: Option<&str>) -> Result<Vec<cri::Container>> {
-        let mut c = self.rs.clone();
         let filter = pod_id.map(|p| cri::ContainerFilter {
             pod_sandbox_id: p.into(),
             ..Default::default()
         });
         let req = cri::ListContainersRequest { filter };
-        let r = self.block("ListContainers", async move {
-            Ok(c.list_containers(req).await?.into_inner())
+        let r = self.runtime("ListContainers", |mut c| async move {
+            c.list_containers(req).await
         })?;
         Ok(r.containers)
     }
 
     pub fn exec_sync(&self, id: &str, cmd: &[&str], timeout: Duration) -> Result<ExecResult> {
-        let mut c = self.rs.clone();
         let req = cri::ExecSyncRequest {
             container_id: id.into(),
             cmd: cmd.iter().map(|s| s.to_string()).collect(),
             timeout: timeout.as_secs() as i64,
         };
-        let r = self.block("ExecSync", async move {
-            Ok(c.exec_sync(req).await?.into_inner())
-        })?;
+        let r = self.runtime("ExecSync", |mut c| async move { c.exec_sync(req).await })?;
         Ok(ExecResult {
             stdout: r.stdout,
             stderr: r.stderr,
@@ -515,25 +507,23 @@ impl Cri {
         id: &str,
         resources: LinuxContainerResources,
     ) -> Result<()> {
-        let mut c = self.rs.clone();
         let req = cri::UpdateContainerResourcesRequest {
             container_id: id.into(),
             linux: Some(resources),
             ..Default::default()
         };
-        self.block("UpdateContainerResources", async move {
-            Ok(c.update_container_resources(req).await?.into_inner())
+        self.runtime("UpdateContainerResources", |mut c| async move {
+            c.update_container_resources(req).await
         })?;
         Ok(())
     }
 
     pub fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
-        let mut c = self.rs.clone();
         let req = cri::ContainerStatsRequest {
             container_id: id.into(),
         };
-        let r = self.block("ContainerStats", async move {
-            Ok(c.container_stats(req).await?.into_inner())
+        let r = self.runtime("ContainerStats", |mut c| async move {
+            c.container_stats(req).await
         })?;
         r.stats.ok_or_else(|| anyhow!("ContainerStats {id}: empty"))
     }
@@ -570,12 +560,7 @@ impl Cri {
     /// Stop and remove every pod that CRI knows (best effort); returns errors.
     pub fn remove_all_pods(&self) -> Vec<String> {
         let mut errors = Vec::new();
-        let mut ids: Vec<String> = self
-            .tracked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pods
-            .clone();
+        let mut ids: Vec<String> = self.tracked_ids().pods.clone();
         match self.list_pods() {
             Ok(pods) => {
                 for p in pods {

@@ -7,6 +7,7 @@ pub mod cri;
 pub mod ctr;
 pub mod fault;
 pub mod pressure;
+pub mod report;
 pub mod scenario;
 pub mod soak;
 pub mod sys;

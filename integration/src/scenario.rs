@@ -427,15 +427,6 @@ pub fn quantile(v: &[f64], p: f64) -> f64 {
     s[idx]
 }
 
-/// `b / a` as `1.23x`, or `-`.
-pub fn ratio(a: f64, b: f64) -> String {
-    if a.is_finite() && b.is_finite() && a > 0.0 {
-        format!("{:.3}x", b / a)
-    } else {
-        "-".into()
-    }
-}
-
 /// A duration as seconds with 2 decimals, or milliseconds below 1 s.
 pub fn human(d: Duration) -> String {
     if d >= Duration::from_secs(1) {

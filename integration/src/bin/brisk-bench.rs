@@ -19,14 +19,32 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use brisk_integration::cri::ContainerState;
-use brisk_integration::{sys, ContainerSpec, Containerd, Pod, BRISK_HANDLER, RUNC_HANDLER};
+use brisk_integration::report::{self, Handlers};
+use brisk_integration::scenario::{handler_shims, quantile};
+use brisk_integration::{sys, ContainerSpec, Containerd, Pod};
+use clap::Parser;
 
+/// The stock runc shim against brisk on one private containerd: shim RSS,
+/// PSS and threads per pod, container and pod cycle times, ListContainers
+/// latency; prints a markdown table.
+#[derive(Parser, Debug)]
+#[command(name = "brisk-bench")]
 struct Args {
+    /// Measured container cycles and pod cycles per handler.
+    #[arg(long, value_name = "N", default_value_t = 20)]
     iterations: usize,
+    /// Containers in the pod of the larger footprint sample (at least 2).
+    #[arg(long, value_name = "N", default_value_t = 5)]
     containers: usize,
-    handlers: Vec<String>,
+    /// Pods of running containers while ListContainers is timed (0 skips it).
+    #[arg(long, value_name = "N", default_value_t = 10)]
     list_pods: usize,
+    /// Running containers in each of those pods.
+    #[arg(long, value_name = "N", default_value_t = 10)]
     list_per_pod: usize,
+    /// CRI handlers to measure, comma-separated, in table order.
+    #[arg(long, value_name = "H,H", default_value_t = Handlers::stock_and_brisk())]
+    handlers: Handlers,
 }
 
 /// ListContainers latency with `pods` x `per_pod` running containers of one
@@ -61,16 +79,12 @@ fn measure_list(cd: &Containerd, handler: &str, pods: usize, per_pod: usize) -> 
     Ok(ms)
 }
 
+/// What was measured of one handler.
 #[derive(Default, Clone)]
 struct Result1 {
-    rss_1_kib: u64,
-    rss_n_kib: u64,
-    pss_1_kib: u64,
-    pss_n_kib: u64,
-    threads_1: u64,
-    threads_n: u64,
-    shims_1: usize,
-    shims_n: usize,
+    /// The shims of a pod with 1 container, and with `--containers`.
+    one: Footprint,
+    many: Footprint,
     cycle_ms: Vec<f64>,
     exited_ms: Vec<f64>,
     pod_ms: Vec<f64>,
@@ -84,14 +98,6 @@ struct Footprint {
     pss_kib: u64,
     threads: u64,
     shims: usize,
-}
-
-fn shims_of(cd: &Containerd, handler: &str) -> Vec<i32> {
-    if handler == BRISK_HANDLER {
-        cd.brisk_shim_pids()
-    } else {
-        cd.runc_shim_pids()
-    }
 }
 
 fn footprint(pids: &[i32]) -> Footprint {
@@ -109,7 +115,7 @@ fn settled_footprint(cd: &Containerd, handler: &str) -> Footprint {
     std::thread::sleep(Duration::from_millis(500));
     let mut best = Footprint::default();
     for _ in 0..5 {
-        let f = footprint(&shims_of(cd, handler));
+        let f = footprint(&handler_shims(cd, handler));
         if f.rss_kib > best.rss_kib {
             best = f;
         }
@@ -120,23 +126,19 @@ fn settled_footprint(cd: &Containerd, handler: &str) -> Footprint {
 
 fn measure_rss(cd: &Containerd, handler: &str, n: usize, out: &mut Result1) -> Result<()> {
     let cri = cd.cri();
-    if !shims_of(cd, handler).is_empty() {
+    if !handler_shims(cd, handler).is_empty() {
         bail!("{handler} shims already running");
     }
     let pod = cri.run_pod_sandbox(handler, &format!("rss-{handler}"))?;
     cri.run_container(&pod, &ContainerSpec::new("c0", &["sleep", "100000"]))?;
-    let f = settled_footprint(cd, handler);
-    (out.rss_1_kib, out.pss_1_kib, out.threads_1, out.shims_1) =
-        (f.rss_kib, f.pss_kib, f.threads, f.shims);
+    out.one = settled_footprint(cd, handler);
     for i in 1..n {
         cri.run_container(
             &pod,
             &ContainerSpec::new(&format!("c{i}"), &["sleep", "100000"]),
         )?;
     }
-    let f = settled_footprint(cd, handler);
-    (out.rss_n_kib, out.pss_n_kib, out.threads_n, out.shims_n) =
-        (f.rss_kib, f.pss_kib, f.threads, f.shims);
+    out.many = settled_footprint(cd, handler);
     cri.stop_pod(&pod.id)?;
     cri.remove_pod(&pod.id)?;
     Ok(())
@@ -179,33 +181,63 @@ fn one_pod_cycle(cd: &Containerd, handler: &str, i: usize) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64() * 1000.0)
 }
 
-fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let idx = ((s.len() - 1) as f64 * p).round() as usize;
-    s[idx]
+/// Indices `0..n`, reversed in odd iterations `i`: which handler goes
+/// first alternates.
+fn alternating(i: usize, n: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |k| if i.is_multiple_of(2) { k } else { n - 1 - k })
 }
 
-fn ratio(a: f64, b: f64) -> String {
-    if a.is_finite() && b.is_finite() && a > 0.0 {
-        format!("{:.2}x", b / a)
-    } else {
-        "-".into()
-    }
+/// A row of the table: its name, its figure of one handler's results, and
+/// the decimals shown.
+type Row = (String, Box<dyn Fn(&Result1) -> f64>, usize);
+
+/// The rows of `what` (RSS or PSS, as `kib` picks it): a pod with 1
+/// container, with `n`, and the growth per extra container.
+fn footprint_rows(what: &str, kib: fn(&Footprint) -> u64, n: usize) -> [Row; 3] {
+    [
+        (
+            format!("shim {what}, pod with 1 container (MiB)"),
+            Box::new(move |r: &Result1| kib(&r.one) as f64 / 1024.0),
+            2,
+        ),
+        (
+            format!("shim {what}, pod with {n} containers (MiB)"),
+            Box::new(move |r: &Result1| kib(&r.many) as f64 / 1024.0),
+            2,
+        ),
+        (
+            format!("{what} per extra container (KiB)"),
+            Box::new(move |r: &Result1| {
+                (kib(&r.many) as f64 - kib(&r.one) as f64) / (n.max(2) - 1) as f64
+            }),
+            0,
+        ),
+    ]
+}
+
+/// The p50 and the p99 row of the times (ms) that `ms` picks.
+fn quantile_rows(
+    p50: String,
+    p99: String,
+    ms: fn(&Result1) -> &[f64],
+    decimals: usize,
+) -> [Row; 2] {
+    [
+        (
+            p50,
+            Box::new(move |r: &Result1| quantile(ms(r), 0.5)),
+            decimals,
+        ),
+        (
+            p99,
+            Box::new(move |r: &Result1| quantile(ms(r), 0.99)),
+            decimals,
+        ),
+    ]
 }
 
 fn run(args: &Args) -> Result<()> {
-    for h in &args.handlers {
-        if h == BRISK_HANDLER && !brisk_integration::brisk_shim_bin().is_file() {
-            bail!(
-                "brisk shim {} not built",
-                brisk_integration::brisk_shim_bin().display()
-            );
-        }
-    }
+    report::require_shim_built(args.handlers.iter().map(String::as_str))?;
     let cd = Containerd::start().context("start private containerd")?;
     let mut results: Vec<Result1> = vec![Result1::default(); args.handlers.len()];
 
@@ -228,21 +260,10 @@ fn run(args: &Args) -> Result<()> {
         one_cycle(&cd, pod, 0)?;
     }
     for i in 1..=args.iterations {
-        for (k, pod) in pods.iter().enumerate() {
-            // Alternate which handler goes first.
-            let pod = if i % 2 == 0 {
-                pod
-            } else {
-                &pods[pods.len() - 1 - k]
-            };
-            let idx = args
-                .handlers
-                .iter()
-                .position(|h| *h == pod.handler)
-                .unwrap();
-            let (ms, exited) = one_cycle(&cd, pod, i)?;
-            results[idx].cycle_ms.push(ms);
-            results[idx].exited_ms.push(exited);
+        for k in alternating(i, pods.len()) {
+            let (ms, exited) = one_cycle(&cd, &pods[k], i)?;
+            results[k].cycle_ms.push(ms);
+            results[k].exited_ms.push(exited);
         }
     }
     for pod in &pods {
@@ -254,12 +275,7 @@ fn run(args: &Args) -> Result<()> {
         one_pod_cycle(&cd, h, 0)?;
     }
     for i in 1..=args.iterations {
-        for k in 0..args.handlers.len() {
-            let k = if i % 2 == 0 {
-                k
-            } else {
-                args.handlers.len() - 1 - k
-            };
+        for k in alternating(i, args.handlers.len()) {
             let ms = one_pod_cycle(&cd, &args.handlers[k], i)?;
             results[k].pod_ms.push(ms);
         }
@@ -277,18 +293,6 @@ fn run(args: &Args) -> Result<()> {
     let v = cd.cri().version()?;
     cd.finish_checked()?;
 
-    let n = args.containers;
-    let header: Vec<String> = args
-        .handlers
-        .iter()
-        .map(|h| {
-            if h == RUNC_HANDLER {
-                "runc (stock)".into()
-            } else {
-                h.clone()
-            }
-        })
-        .collect();
     println!(
         "\ncontainerd {}, {} iterations, {} CPUs\n",
         v.runtime_version,
@@ -297,164 +301,67 @@ fn run(args: &Args) -> Result<()> {
             .map(|n| n.get())
             .unwrap_or(0)
     );
-    let with_ratio = args.handlers.len() == 2;
-    print!("| metric | {} |", header.join(" | "));
-    if with_ratio {
-        print!(" {} / {} |", header[1], header[0]);
-    }
-    println!();
-    print!("|---|{}", "---:|".repeat(header.len()));
-    if with_ratio {
-        print!("---:|");
-    }
-    println!();
-    type Row = (String, Box<dyn Fn(&Result1) -> f64>, usize);
-    let rows: Vec<Row> = vec![
-        (
-            "shim RSS, pod with 1 container (MiB)".into(),
-            Box::new(|r: &Result1| r.rss_1_kib as f64 / 1024.0),
-            2,
-        ),
-        (
-            format!("shim RSS, pod with {n} containers (MiB)"),
-            Box::new(|r: &Result1| r.rss_n_kib as f64 / 1024.0),
-            2,
-        ),
-        (
-            "RSS per extra container (KiB)".into(),
-            Box::new(move |r: &Result1| {
-                (r.rss_n_kib as f64 - r.rss_1_kib as f64) / (n.max(2) - 1) as f64
-            }),
-            0,
-        ),
-        (
-            "shim PSS, pod with 1 container (MiB)".into(),
-            Box::new(|r: &Result1| r.pss_1_kib as f64 / 1024.0),
-            2,
-        ),
-        (
-            format!("shim PSS, pod with {n} containers (MiB)"),
-            Box::new(|r: &Result1| r.pss_n_kib as f64 / 1024.0),
-            2,
-        ),
-        (
-            "PSS per extra container (KiB)".into(),
-            Box::new(move |r: &Result1| {
-                (r.pss_n_kib as f64 - r.pss_1_kib as f64) / (n.max(2) - 1) as f64
-            }),
-            0,
-        ),
-        (
-            "shim threads, pod with 1 container".into(),
-            Box::new(|r: &Result1| r.threads_1 as f64),
-            0,
-        ),
-        (
-            format!("shim threads, pod with {n} containers"),
-            Box::new(|r: &Result1| r.threads_n as f64),
-            0,
-        ),
-        (
-            "shim processes per pod".into(),
-            Box::new(|r: &Result1| r.shims_n as f64),
-            0,
-        ),
-        (
-            "container create→start→exit→remove, p50 (ms)".into(),
-            Box::new(|r: &Result1| percentile(&r.cycle_ms, 0.5)),
-            1,
-        ),
-        (
-            "container create→start→exit→remove, p99 (ms)".into(),
-            Box::new(|r: &Result1| percentile(&r.cycle_ms, 0.99)),
-            1,
-        ),
-        (
-            "exit→EXITED seen (StartContainer returned→EXITED), p50 (ms)".into(),
-            Box::new(|r: &Result1| percentile(&r.exited_ms, 0.5)),
-            1,
-        ),
-        (
-            "exit→EXITED seen, p99 (ms)".into(),
-            Box::new(|r: &Result1| percentile(&r.exited_ms, 0.99)),
-            1,
-        ),
-        (
-            "pod run→stop→remove, p50 (ms)".into(),
-            Box::new(|r: &Result1| percentile(&r.pod_ms, 0.5)),
-            1,
-        ),
-        (
-            "pod run→stop→remove, p99 (ms)".into(),
-            Box::new(|r: &Result1| percentile(&r.pod_ms, 0.99)),
-            1,
-        ),
-        (
-            format!(
-                "ListContainers, {} containers, p50 (ms)",
-                args.list_pods * args.list_per_pod
-            ),
-            Box::new(|r: &Result1| percentile(&r.list_ms, 0.5)),
-            2,
-        ),
-        (
-            format!(
-                "ListContainers, {} containers, p99 (ms)",
-                args.list_pods * args.list_per_pod
-            ),
-            Box::new(|r: &Result1| percentile(&r.list_ms, 0.99)),
-            2,
-        ),
-    ];
+    let n = args.containers;
+    let listed = args.list_pods * args.list_per_pod;
+    let mut rows: Vec<Row> = Vec::new();
+    rows.extend(footprint_rows("RSS", |f| f.rss_kib, n));
+    rows.extend(footprint_rows("PSS", |f| f.pss_kib, n));
+    rows.push((
+        "shim threads, pod with 1 container".into(),
+        Box::new(|r: &Result1| r.one.threads as f64),
+        0,
+    ));
+    rows.push((
+        format!("shim threads, pod with {n} containers"),
+        Box::new(|r: &Result1| r.many.threads as f64),
+        0,
+    ));
+    rows.push((
+        "shim processes per pod".into(),
+        Box::new(|r: &Result1| r.many.shims as f64),
+        0,
+    ));
+    rows.extend(quantile_rows(
+        "container create→start→exit→remove, p50 (ms)".into(),
+        "container create→start→exit→remove, p99 (ms)".into(),
+        |r| &r.cycle_ms,
+        1,
+    ));
+    rows.extend(quantile_rows(
+        "exit→EXITED seen (StartContainer returned→EXITED), p50 (ms)".into(),
+        "exit→EXITED seen, p99 (ms)".into(),
+        |r| &r.exited_ms,
+        1,
+    ));
+    rows.extend(quantile_rows(
+        "pod run→stop→remove, p50 (ms)".into(),
+        "pod run→stop→remove, p99 (ms)".into(),
+        |r| &r.pod_ms,
+        1,
+    ));
+    rows.extend(quantile_rows(
+        format!("ListContainers, {listed} containers, p50 (ms)"),
+        format!("ListContainers, {listed} containers, p99 (ms)"),
+        |r| &r.list_ms,
+        2,
+    ));
+    let [header, separator] = report::comparison_header("metric", &args.handlers);
+    println!("{header}\n{separator}");
     for (name, f, prec) in rows {
         let vals: Vec<f64> = results.iter().map(&f).collect();
-        print!("| {name} |");
-        for v in &vals {
-            print!(" {v:.prec$} |");
+        let mut cells = vec![name];
+        cells.extend(vals.iter().map(|v| format!("{v:.prec$}")));
+        if let [a, b] = vals[..] {
+            cells.push(report::ratio(a, b, 2));
         }
-        if with_ratio {
-            print!(" {} |", ratio(vals[0], vals[1]));
-        }
-        println!();
+        println!("{}", report::row(cells));
     }
     Ok(())
 }
 
 fn main() {
-    let mut args = Args {
-        iterations: 20,
-        containers: 5,
-        handlers: vec![RUNC_HANDLER.into(), BRISK_HANDLER.into()],
-        list_pods: 10,
-        list_per_pod: 10,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut val = || it.next().unwrap_or_default();
-        match a.as_str() {
-            "--iterations" => args.iterations = val().parse().unwrap_or(20),
-            "--containers" => args.containers = val().parse::<usize>().unwrap_or(5).max(2),
-            "--list-pods" => args.list_pods = val().parse().unwrap_or(10),
-            "--list-per-pod" => args.list_per_pod = val().parse().unwrap_or(10),
-            "--handlers" => {
-                args.handlers = val()
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            }
-            "-h" | "--help" => {
-                println!(
-                    "usage: brisk-bench [--iterations N] [--containers N] [--list-pods N] [--list-per-pod N] [--handlers runc,brisk]"
-                );
-                return;
-            }
-            other => {
-                eprintln!("unknown argument {other:?}");
-                std::process::exit(2);
-            }
-        }
-    }
+    let mut args = Args::parse();
+    args.containers = args.containers.max(2);
     if let Err(e) = run(&args) {
         eprintln!("brisk-bench: {e:#}");
         std::process::exit(1);

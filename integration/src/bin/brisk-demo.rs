@@ -12,8 +12,30 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use brisk_integration::cri::{state_name, ContainerState};
+use brisk_integration::report::{self, label};
 use brisk_integration::scenario::{self, human, Strace};
 use brisk_integration::{sys, ContainerSpec, Containerd, BRISK_HANDLER, RUNC_HANDLER};
+use clap::Parser;
+
+/// A short-task pod's lifecycle with timings on a private containerd, then
+/// the post-mortem's scenario (a container exits while its shim's umount2
+/// is delayed) for the stock shim and brisk side by side.
+#[derive(Parser, Debug)]
+#[command(name = "brisk-demo")]
+struct Args {
+    /// CRI handler of the lifecycle demo.
+    #[arg(long, value_name = "brisk|runc", default_value = BRISK_HANDLER)]
+    handler: String,
+    /// How long strace delays each umount2 of the shim in the comparison, in seconds.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    delay_secs: u64,
+    /// Skip the comparison: only the lifecycle demo.
+    #[arg(long)]
+    no_compare: bool,
+    /// Run the comparison's scenario for this handler only, without the table.
+    #[arg(long, value_name = "HANDLER")]
+    compare_only: Option<String>,
+}
 
 struct Clock(Instant);
 
@@ -32,12 +54,7 @@ fn short(id: &str) -> &str {
 }
 
 fn run(handler: &str) -> Result<()> {
-    if handler == BRISK_HANDLER && !brisk_integration::brisk_shim_bin().is_file() {
-        bail!(
-            "brisk shim {} not built (cargo build --release -p brisk-shim)",
-            brisk_integration::brisk_shim_bin().display()
-        );
-    }
+    report::require_shim_built([handler])?;
     let cd = Containerd::start().context("start private containerd")?;
     let cri = cd.cri();
     let v = cri.version()?;
@@ -118,14 +135,6 @@ struct Side {
     update_failures: Vec<String>,
     /// The shim's rootfs unmount as strace saw it: (span, calls).
     unmount: Option<(Duration, usize)>,
-}
-
-fn label(h: &str) -> &str {
-    if h == RUNC_HANDLER {
-        "runc (stock)"
-    } else {
-        h
-    }
 }
 
 fn delayed_exit(handler: &str, delay: Duration) -> Result<Side> {
@@ -262,37 +271,14 @@ fn compare(delay: Duration, only: Option<&str>) -> Result<()> {
 }
 
 fn main() {
-    let mut handler = BRISK_HANDLER.to_string();
-    let mut delay = Duration::from_secs(10);
-    let mut with_compare = true;
-    let mut only: Option<String> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--handler" => handler = args.next().unwrap_or_default(),
-            "--delay-secs" => {
-                delay = Duration::from_secs(args.next().and_then(|v| v.parse().ok()).unwrap_or(10))
-            }
-            "--no-compare" => with_compare = false,
-            "--compare-only" => only = args.next(),
-            "-h" | "--help" => {
-                println!(
-                    "usage: brisk-demo [--handler brisk|runc] [--delay-secs 10] [--no-compare] [--compare-only HANDLER]"
-                );
-                return;
-            }
-            other => {
-                eprintln!("unknown argument {other:?}");
-                std::process::exit(2);
-            }
-        }
-    }
-    if let Err(e) = run(&handler) {
+    let args = Args::parse();
+    if let Err(e) = run(&args.handler) {
         eprintln!("brisk-demo: {e:#}");
         std::process::exit(1);
     }
-    if with_compare {
-        if let Err(e) = compare(delay, only.as_deref()) {
+    if !args.no_compare {
+        let delay = Duration::from_secs(args.delay_secs);
+        if let Err(e) = compare(delay, args.compare_only.as_deref()) {
             eprintln!("brisk-demo: {e:#}");
             std::process::exit(1);
         }

@@ -32,20 +32,72 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use brisk_integration::cri::ContainerState;
 use brisk_integration::pressure::{self, DirtyWriter, MemInfo, SysctlGuard};
-use brisk_integration::scenario::{self, human, quantile, ratio, ListCall, Strace};
-use brisk_integration::{ContainerSpec, Containerd, BRISK_HANDLER, RUNC_HANDLER};
+use brisk_integration::report::{self, label, Handlers};
+use brisk_integration::scenario::{self, human, quantile, ListCall, Strace};
+use brisk_integration::{ContainerSpec, Containerd, BRISK_HANDLER};
+use clap::Parser;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// An exiting container under real writeback pressure, the stock runc shim
+/// against brisk in alternating rounds on one private containerd; prints
+/// markdown tables of the rounds and a summary.
+#[derive(Parser, Debug)]
+#[command(name = "brisk-pressure")]
 struct Args {
+    /// Rounds; each runs one container per handler.
+    #[arg(long, value_name = "N", default_value_t = 5)]
     rounds: usize,
-    dirty_gb: Option<f64>,
+    /// Dirty+Writeback to keep during a round, in GiB, or `auto`: min(35% of MemAvailable, 20% of free disk, 10 GiB).
+    #[arg(long, value_name = "GB|auto", default_value_t = DirtyGb::Auto)]
+    dirty_gb: DirtyGb,
+    /// MB the container writes into its rootfs before it exits.
+    #[arg(long, value_name = "N", default_value_t = 300)]
     container_mb: u64,
-    sysctl: bool,
-    updates: bool,
+    /// Leave vm.dirty_ratio and vm.dirty_background_ratio alone (else 60/50 for the run).
+    #[arg(long)]
+    no_sysctl: bool,
+    /// No UpdateContainerResources calls in the kubelet-like loop.
+    #[arg(long)]
+    no_updates: bool,
+    /// Directory of the writer's files; on the filesystem of containerd's root (default: in the instance directory).
+    #[arg(long, value_name = "DIR")]
     writer_dir: Option<PathBuf>,
-    budget: Duration,
-    handlers: Vec<String>,
+    /// Start no round after this many seconds (the first always runs).
+    #[arg(long, value_name = "N", default_value_t = 540)]
+    budget_secs: u64,
+    /// CRI handlers to compare, comma-separated, in table order.
+    #[arg(long, value_name = "H,H", default_value_t = Handlers::stock_and_brisk())]
+    handlers: Handlers,
+}
+
+/// `--dirty-gb`: `auto`, or a size in GiB.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum DirtyGb {
+    Auto,
+    Gib(f64),
+}
+
+impl std::str::FromStr for DirtyGb {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(DirtyGb::Auto);
+        }
+        s.parse()
+            .map(DirtyGb::Gib)
+            .map_err(|e| format!("{e}: a size in GiB or `auto`"))
+    }
+}
+
+impl std::fmt::Display for DirtyGb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DirtyGb::Auto => f.write_str("auto"),
+            DirtyGb::Gib(g) => write!(f, "{g}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -309,24 +361,60 @@ fn ms(d: Option<Duration>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn label(h: &str) -> String {
-    if h == RUNC_HANDLER {
-        "runc (stock)".into()
-    } else {
-        h.to_string()
+/// The columns of the rounds table.
+const ROUND_COLUMNS: [&str; 11] = [
+    "round",
+    "handler",
+    "dirty+writeback at exit (GiB)",
+    "exit→EXITED (s)",
+    "shim unmount, strace (s)",
+    "umount2 calls",
+    "brisk log took= (s)",
+    "ListContainers max before exit (ms)",
+    "ListContainers max around exit (ms)",
+    "updates (failed)",
+    "exit code",
+];
+
+impl Round {
+    /// The figures of the round as the progress line and the rounds table
+    /// show them, in the table's order: dirty+writeback at the exit (GiB),
+    /// exit→EXITED (s), the unmount by strace (s), umount2 calls, brisk's
+    /// took= (s), ListContainers max before and around the exit (ms).
+    fn figures(&self) -> [String; 7] {
+        [
+            format!("{:.2}", self.unwritten_at_exit as f64 / GIB),
+            secs(self.exited_after),
+            secs(self.unmount_strace),
+            self.umount2_calls.to_string(),
+            secs(self.unmount_log),
+            ms(self.list_before),
+            ms(self.list_exit),
+        ]
     }
+
+    /// The round's row of the rounds table.
+    fn table_row(&self) -> String {
+        let mut cells = vec![self.round.to_string(), label(&self.handler).to_string()];
+        cells.extend(self.figures());
+        cells.push(format!("{} ({})", self.updates, self.update_failures.len()));
+        let error = if self.error.is_some() { " (error)" } else { "" };
+        cells.push(format!("{}{error}", self.exit_code));
+        report::row(cells)
+    }
+}
+
+/// The rounds of `handler` that went through.
+fn ok_rounds<'a>(rounds: &'a [Round], handler: &'a str) -> impl Iterator<Item = &'a Round> {
+    rounds
+        .iter()
+        .filter(move |r| r.handler == handler && r.error.is_none())
 }
 
 fn run(args: &Args) -> Result<()> {
     let started = Instant::now();
-    for h in &args.handlers {
-        if h == BRISK_HANDLER && !brisk_integration::brisk_shim_bin().is_file() {
-            bail!(
-                "brisk shim {} not built",
-                brisk_integration::brisk_shim_bin().display()
-            );
-        }
-    }
+    let budget = Duration::from_secs(args.budget_secs);
+    report::require_shim_built(args.handlers.iter().map(String::as_str))?;
     let cd = Containerd::start().context("start private containerd")?;
     let root = cd.dir.join("root");
     let (mnt, fstype, source, root_dev) = pressure::filesystem_of(&root)?;
@@ -350,8 +438,8 @@ fn run(args: &Args) -> Result<()> {
     let mem = MemInfo::read();
     let free = pressure::free_disk(&root)?;
     let target = match args.dirty_gb {
-        Some(g) => (g * GIB) as u64,
-        None => {
+        DirtyGb::Gib(g) => (g * GIB) as u64,
+        DirtyGb::Auto => {
             let t = (0.35 * mem.available as f64).min(0.2 * free as f64);
             (t.min(10.0 * GIB)) as u64
         }
@@ -380,7 +468,7 @@ fn run(args: &Args) -> Result<()> {
         target as f64 / GIB,
         max_file as f64 / GIB
     );
-    let mut guard = if args.sysctl {
+    let mut guard = if !args.no_sysctl {
         Some(SysctlGuard::raise(60, 50)?)
     } else {
         None
@@ -393,7 +481,7 @@ fn run(args: &Args) -> Result<()> {
         target,
         max_file,
         container_mb: args.container_mb,
-        updates: args.updates,
+        updates: !args.no_updates,
     };
     let mut rounds: Vec<Round> = Vec::new();
     'outer: for round in 1..=args.rounds {
@@ -406,27 +494,21 @@ fn run(args: &Args) -> Result<()> {
                 eprintln!("interrupted: stopping");
                 break 'outer;
             }
-            if round > 1 && started.elapsed() > args.budget {
+            if round > 1 && started.elapsed() > budget {
                 eprintln!(
                     "time budget of {:?} spent: stopping after {} rounds",
-                    args.budget,
+                    budget,
                     round - 1
                 );
                 break 'outer;
             }
             eprintln!("round {round}: {} ...", label(h));
             let r = one_round(&setup, h, round)?;
+            let [dirty, exited, unmount, calls, took, before, around] = r.figures();
             eprintln!(
-                "  dirty at exit {:.2} GiB (max {:.2}), fill {:.1} s, exit->EXITED {} s, unmount {} s (strace, {} calls) / {} s (log), ListContainers max {} ms before / {} ms around the exit, updates {} ({} failed), cleanup {:.1} s{}",
-                r.unwritten_at_exit as f64 / GIB,
+                "  dirty at exit {dirty} GiB (max {:.2}), fill {:.1} s, exit->EXITED {exited} s, unmount {unmount} s (strace, {calls} calls) / {took} s (log), ListContainers max {before} ms before / {around} ms around the exit, updates {} ({} failed), cleanup {:.1} s{}",
                 r.unwritten_max as f64 / GIB,
                 r.fill.as_secs_f64(),
-                secs(r.exited_after),
-                secs(r.unmount_strace),
-                r.umount2_calls,
-                secs(r.unmount_log),
-                ms(r.list_before),
-                ms(r.list_exit),
                 r.updates,
                 r.update_failures.len(),
                 r.cleanup.as_secs_f64(),
@@ -452,32 +534,14 @@ fn run(args: &Args) -> Result<()> {
     println!("sysctls restored: {}", pressure::dirty_sysctls());
 
     println!("\n### Rounds\n");
-    println!("| round | handler | dirty+writeback at exit (GiB) | exit→EXITED (s) | shim unmount, strace (s) | umount2 calls | brisk log took= (s) | ListContainers max before exit (ms) | ListContainers max around exit (ms) | updates (failed) | exit code |");
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("{}", report::row(ROUND_COLUMNS));
+    println!("{}", report::separator("rlrrrrrrrrr"));
     for r in &rounds {
-        println!(
-            "| {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} ({}) | {}{} |",
-            r.round,
-            label(&r.handler),
-            r.unwritten_at_exit as f64 / GIB,
-            secs(r.exited_after),
-            secs(r.unmount_strace),
-            r.umount2_calls,
-            secs(r.unmount_log),
-            ms(r.list_before),
-            ms(r.list_exit),
-            r.updates,
-            r.update_failures.len(),
-            r.exit_code,
-            if r.error.is_some() { " (error)" } else { "" }
-        );
+        println!("{}", r.table_row());
     }
-    if args.handlers.len() == 2 {
-        let (a, b) = (&args.handlers[0], &args.handlers[1]);
-        let med = |h: &str, f: &dyn Fn(&Round) -> Option<Duration>| {
-            let v: Vec<f64> = rounds
-                .iter()
-                .filter(|r| r.handler == h && r.error.is_none())
+    if let [a, b] = &args.handlers[..] {
+        let med = |h: &str, f: fn(&Round) -> Option<Duration>| {
+            let v: Vec<f64> = ok_rounds(&rounds, h)
                 .filter_map(|r| f(r).map(|d| d.as_secs_f64()))
                 .collect();
             (
@@ -485,44 +549,25 @@ fn run(args: &Args) -> Result<()> {
                 v.iter().copied().fold(f64::NAN, f64::max),
             )
         };
-        let n = |h: &str| {
-            rounds
-                .iter()
-                .filter(|r| r.handler == h && r.error.is_none())
-                .count()
-        };
         println!(
             "\n### Summary (median of {} / {} rounds; max in brackets)\n",
-            n(a),
-            n(b)
+            ok_rounds(&rounds, a).count(),
+            ok_rounds(&rounds, b).count()
         );
-        println!(
-            "| metric | {} | {} | {} / {} |",
-            label(a),
-            label(b),
-            label(b),
-            label(a)
-        );
-        println!("|---|---:|---:|---:|");
-        type Metric = (&'static str, Box<dyn Fn(&Round) -> Option<Duration>>);
-        let metrics: Vec<Metric> = vec![
-            ("exit → EXITED", Box::new(|r: &Round| r.exited_after)),
-            (
-                "shim rootfs unmount (strace umount2 span)",
-                Box::new(|r: &Round| r.unmount_strace),
-            ),
-            (
-                "ListContainers max, around the exit",
-                Box::new(|r: &Round| r.list_exit),
-            ),
-            (
-                "ListContainers max, before the exit",
-                Box::new(|r: &Round| r.list_before),
-            ),
+        let [header, separator] = report::comparison_header("metric", &args.handlers);
+        println!("{header}\n{separator}");
+        type Metric = (&'static str, fn(&Round) -> Option<Duration>);
+        let metrics: [Metric; 4] = [
+            ("exit → EXITED", |r| r.exited_after),
+            ("shim rootfs unmount (strace umount2 span)", |r| {
+                r.unmount_strace
+            }),
+            ("ListContainers max, around the exit", |r| r.list_exit),
+            ("ListContainers max, before the exit", |r| r.list_before),
         ];
         for (name, f) in metrics {
-            let (ma, xa) = med(a, &*f);
-            let (mb, xb) = med(b, &*f);
+            let (ma, xa) = med(a, f);
+            let (mb, xb) = med(b, f);
             let show = |m: f64, x: f64| {
                 if m.is_finite() {
                     format!(
@@ -535,10 +580,13 @@ fn run(args: &Args) -> Result<()> {
                 }
             };
             println!(
-                "| {name} | {} | {} | {} |",
-                show(ma, xa),
-                show(mb, xb),
-                ratio(ma, mb)
+                "{}",
+                report::row([
+                    name,
+                    &show(ma, xa),
+                    &show(mb, xb),
+                    &report::ratio(ma, mb, 3)
+                ])
             );
         }
         let dirty: Vec<f64> = rounds
@@ -580,50 +628,7 @@ fn run(args: &Args) -> Result<()> {
 }
 
 fn main() {
-    let mut args = Args {
-        rounds: 5,
-        dirty_gb: None,
-        container_mb: 300,
-        sysctl: true,
-        updates: true,
-        writer_dir: None,
-        budget: Duration::from_secs(540),
-        handlers: vec![RUNC_HANDLER.into(), BRISK_HANDLER.into()],
-    };
-    let usage = "usage: brisk-pressure [--rounds 5] [--dirty-gb auto] [--container-mb 300] [--no-sysctl] [--no-updates] [--writer-dir DIR] [--budget-secs 540] [--handlers runc,brisk]";
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut val = || it.next().unwrap_or_default();
-        match a.as_str() {
-            "--rounds" => args.rounds = val().parse().unwrap_or(5),
-            "--dirty-gb" => {
-                let v = val();
-                args.dirty_gb = if v == "auto" { None } else { v.parse().ok() }
-            }
-            "--container-mb" => args.container_mb = val().parse().unwrap_or(300),
-            "--no-sysctl" => args.sysctl = false,
-            "--no-updates" => args.updates = false,
-            "--writer-dir" => args.writer_dir = Some(PathBuf::from(val())),
-            "--budget-secs" => {
-                args.budget = Duration::from_secs(val().parse().unwrap_or(540));
-            }
-            "--handlers" => {
-                args.handlers = val()
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            }
-            "-h" | "--help" => {
-                println!("{usage}");
-                return;
-            }
-            other => {
-                eprintln!("unknown argument {other:?}\n{usage}");
-                std::process::exit(2);
-            }
-        }
-    }
+    let args = Args::parse();
     if !brisk_integration::integration_enabled() {
         std::process::exit(1);
     }

@@ -1,34 +1,55 @@
 //! brisk-soak: many short tasks across pods at once under brisk, with a
 //! kubelet-like loop and delayed unmounts on some shims; prints the footprint
 //! curve, ListContainers latency and every leak found.
-//!
-//! usage: brisk-soak [--pods N] [--tasks-per-pod N] [--delayed-shims N] [--delay-ms N] [--handler H] [--task-ms N]
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use brisk_integration::soak::{self, SoakParams};
+use clap::Parser;
 
-fn parse() -> Result<SoakParams> {
-    let mut p = SoakParams::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--pods" => p.pods = val()?.parse()?,
-            "--tasks-per-pod" => p.tasks_per_pod = val()?.parse()?,
-            "--delayed-shims" => p.delayed_shims = val()?.parse()?,
-            "--delay-ms" => p.delay = Duration::from_millis(val()?.parse()?),
-            "--handler" => p.handler = val()?,
-            "--task-ms" => p.task_runs = Duration::from_millis(val()?.parse()?),
-            other => bail!("unknown argument {other}"),
+/// Many short tasks across pods at once under one handler, with a
+/// kubelet-like loop and delayed unmounts on some shims; prints the shims'
+/// footprint curve, ListContainers latency and every leak found.
+#[derive(Parser, Debug)]
+#[command(name = "brisk-soak")]
+struct Args {
+    /// Pods running tasks at once.
+    #[arg(long, value_name = "N", default_value_t = SoakParams::default().pods)]
+    pods: usize,
+    /// Short tasks run one after another in each pod.
+    #[arg(long, value_name = "N", default_value_t = SoakParams::default().tasks_per_pod)]
+    tasks_per_pod: usize,
+    /// Shims (of the first pods) whose umount2 calls strace delays.
+    #[arg(long, value_name = "N", default_value_t = SoakParams::default().delayed_shims)]
+    delayed_shims: usize,
+    /// How long each delayed umount2 is held, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = SoakParams::default().delay.as_millis() as u64)]
+    delay_ms: u64,
+    /// CRI handler of the pods (`runc` for the stock shim).
+    #[arg(long, value_name = "H", default_value_t = SoakParams::default().handler)]
+    handler: String,
+    /// How long each task runs before it exits, in milliseconds (0: it
+    /// exits at once, so every Update meets an exiting container).
+    #[arg(long, value_name = "N", default_value_t = SoakParams::default().task_runs.as_millis() as u64)]
+    task_ms: u64,
+}
+
+impl From<Args> for SoakParams {
+    fn from(a: Args) -> Self {
+        SoakParams {
+            pods: a.pods,
+            tasks_per_pod: a.tasks_per_pod,
+            delayed_shims: a.delayed_shims,
+            delay: Duration::from_millis(a.delay_ms),
+            handler: a.handler,
+            task_runs: Duration::from_millis(a.task_ms),
         }
     }
-    Ok(p)
 }
 
 fn main() -> Result<()> {
-    let p = parse()?;
+    let p = SoakParams::from(Args::parse());
     eprintln!("soak: {p:?}");
     let r = soak::run(&p)?;
     print!("{}", r.render());

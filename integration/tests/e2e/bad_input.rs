@@ -6,7 +6,7 @@
 //! brisk.toml and runc cases also go through CRI with the handler's real
 //! `ConfigPath` file rewritten between containers.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use brisk_integration::cri::ContainerState;
@@ -14,11 +14,14 @@ use brisk_integration::fault::RuncWrapper;
 use brisk_integration::{
     sys, ContainerSpec, Containerd, LinuxContainerResources, Pod, BRISK_HANDLER,
 };
-use containerd_shim_protos::api::{Mount, Status};
+use containerd_shim_protos::api::{CreateTaskResponse, Mount, Status};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::ttrpc::Code;
 
 use crate::common;
-use crate::direct::{config_body_options, config_path_options, expect_err, status_of, Fixture};
+use crate::direct::{
+    config_body_options, config_path_options, expect_err, status_of, CallResult, Fixture, Layer,
+};
 
 fn assert_not_mounted(bundle: &Path) {
     let target = bundle.join("rootfs");
@@ -29,52 +32,92 @@ fn assert_not_mounted(bundle: &Path) {
     assert!(m.is_empty(), "{} left mounted: {m:?}", target.display());
 }
 
-// ------------------------------------------------------------ bundle
-
-#[test]
-fn bad_config_json_malformed() {
-    let Some(f) = Fixture::new("badjson") else {
+/// One bad-input case on a directly started shim: a [`Fixture`] named
+/// `name`, the `case`, then the keeper must still run and nothing may be
+/// left.
+fn on_fixture(name: &str, case: impl FnOnce(&Fixture)) {
+    let Some(f) = Fixture::new(name) else {
         return;
     };
-    let id = f.id("badjson");
-    let bundle = f.bundle(&id, &["true"]);
-    std::fs::write(bundle.join("config.json"), "{ this is not json").unwrap();
-    let layer = f.layer(&id);
-    expect_err(
-        "Create with a malformed config.json",
-        f.create(&f.request(&id, &bundle, layer.mounts(), None)),
-        Code::INVALID_ARGUMENT,
-        &[
-            &bundle.join("config.json").display().to_string(),
-            "invalid or missing config.json",
-        ],
-    );
-    assert_not_mounted(&bundle);
+    case(&f);
     f.assert_keeper_alive();
     f.finish();
 }
 
+/// A container of the fixture still to be created: a fresh id for `name`
+/// and a bundle running `true`.
+struct NewContainer<'a> {
+    f: &'a Fixture,
+    id: String,
+    bundle: PathBuf,
+}
+
+impl<'a> NewContainer<'a> {
+    fn new(f: &'a Fixture, name: &str) -> Self {
+        let id = f.id(name);
+        let bundle = f.bundle(&id, &["true"]);
+        NewContainer { f, id, bundle }
+    }
+
+    /// Fresh layers for it over the image.
+    fn layer(&self) -> Layer {
+        self.f.layer(&self.id)
+    }
+
+    fn create(&self, rootfs: Vec<Mount>, options: Option<Any>) -> CallResult<CreateTaskResponse> {
+        let f = self.f;
+        f.create(&f.request(&self.id, &self.bundle, rootfs, options))
+    }
+
+    /// [`NewContainer::create`] must fail with `code` and an error naming
+    /// each of `needles`, and leave nothing mounted on the rootfs.
+    fn create_fails(
+        &self,
+        what: &str,
+        rootfs: Vec<Mount>,
+        options: Option<Any>,
+        code: Code,
+        needles: &[&str],
+    ) {
+        expect_err(what, self.create(rootfs, options), code, needles);
+        assert_not_mounted(&self.bundle);
+    }
+}
+
+// ------------------------------------------------------------ bundle
+
+/// Create with the container's config.json changed by `spoil` must fail
+/// with an error naming the file.
+fn bad_config_json(name: &str, what: &str, spoil: impl FnOnce(&Path)) {
+    on_fixture(name, |f| {
+        let c = NewContainer::new(f, name);
+        let config = c.bundle.join("config.json");
+        spoil(&config);
+        c.create_fails(
+            what,
+            c.layer().mounts(),
+            None,
+            Code::INVALID_ARGUMENT,
+            &[
+                &config.display().to_string(),
+                "invalid or missing config.json",
+            ],
+        );
+    });
+}
+
+#[test]
+fn bad_config_json_malformed() {
+    bad_config_json("badjson", "Create with a malformed config.json", |p| {
+        std::fs::write(p, "{ this is not json").unwrap()
+    });
+}
+
 #[test]
 fn bad_config_json_missing() {
-    let Some(f) = Fixture::new("nojson") else {
-        return;
-    };
-    let id = f.id("nojson");
-    let bundle = f.bundle(&id, &["true"]);
-    std::fs::remove_file(bundle.join("config.json")).unwrap();
-    let layer = f.layer(&id);
-    expect_err(
-        "Create without config.json",
-        f.create(&f.request(&id, &bundle, layer.mounts(), None)),
-        Code::INVALID_ARGUMENT,
-        &[
-            &bundle.join("config.json").display().to_string(),
-            "invalid or missing config.json",
-        ],
-    );
-    assert_not_mounted(&bundle);
-    f.assert_keeper_alive();
-    f.finish();
+    bad_config_json("nojson", "Create without config.json", |p| {
+        std::fs::remove_file(p).unwrap()
+    });
 }
 
 /// Create with a bundle directory that does not exist; and a running
@@ -82,277 +125,217 @@ fn bad_config_json_missing() {
 /// Exec fails with an error, State/Kill/Wait/Delete still work.
 #[test]
 fn bad_bundle_vanished() {
-    let Some(f) = Fixture::new("vanished") else {
-        return;
-    };
-    let id = f.id("nobundle");
-    let gone = f.work.join("no-such-bundle");
-    let layer = f.layer(&id);
-    expect_err(
-        "Create with a missing bundle directory",
-        f.create(&f.request(&id, &gone, layer.mounts(), None)),
-        Code::INVALID_ARGUMENT,
-        &[&gone.join("config.json").display().to_string()],
-    );
-    assert!(!gone.exists(), "the shim created the missing bundle");
+    on_fixture("vanished", |f| {
+        let id = f.id("nobundle");
+        let gone = f.work.join("no-such-bundle");
+        let layer = f.layer(&id);
+        expect_err(
+            "Create with a missing bundle directory",
+            f.create(&f.request(&id, &gone, layer.mounts(), None)),
+            Code::INVALID_ARGUMENT,
+            &[&gone.join("config.json").display().to_string()],
+        );
+        assert!(!gone.exists(), "the shim created the missing bundle");
 
-    let id = f.id("vanishing");
-    let layer = f.layer(&id);
-    let bundle = f.bundle(&id, &["sleep", "1000"]);
-    f.create(&f.request(&id, &bundle, layer.mounts(), None))
-        .expect("create");
-    f.shim.start_task(&id, "").expect("start");
-    // What a careless cleanup does: detach the rootfs, remove the bundle.
-    let rootfs =
-        std::ffi::CString::new(bundle.join("rootfs").to_string_lossy().as_bytes()).unwrap();
-    // SAFETY: umount2 with a valid C string.
-    assert_eq!(
-        unsafe { libc::umount2(rootfs.as_ptr(), libc::MNT_DETACH) },
-        0
-    );
-    std::fs::remove_dir_all(&bundle).unwrap();
-    let r = f.shim.exec_sync(&id, "e1", &["true"], &f.work);
-    let e = r.expect_err("Exec in a container whose bundle vanished");
-    eprintln!("exec without bundle: {e}");
-    assert!(
-        e.message.contains(&bundle.display().to_string()),
-        "the error names the bundle path: {e}"
-    );
-    let st = f.shim.state(&id, "").expect("State");
-    assert_eq!(status_of(&st), Status::RUNNING);
-    f.shim.kill(&id, "", 9).expect("Kill");
-    assert_eq!(f.wait_and_delete(&id), 137);
-    f.assert_keeper_alive();
-    f.finish();
+        let id = f.id("vanishing");
+        let layer = f.layer(&id);
+        let bundle = f.bundle(&id, &["sleep", "1000"]);
+        f.create(&f.request(&id, &bundle, layer.mounts(), None))
+            .expect("create");
+        f.shim.start_task(&id, "").expect("start");
+        // What a careless cleanup does: detach the rootfs, remove the bundle.
+        let rootfs =
+            std::ffi::CString::new(bundle.join("rootfs").to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: umount2 with a valid C string.
+        assert_eq!(
+            unsafe { libc::umount2(rootfs.as_ptr(), libc::MNT_DETACH) },
+            0
+        );
+        std::fs::remove_dir_all(&bundle).unwrap();
+        let r = f.shim.exec_sync(&id, "e1", &["true"], &f.work);
+        let e = r.expect_err("Exec in a container whose bundle vanished");
+        eprintln!("exec without bundle: {e}");
+        assert!(
+            e.message.contains(&bundle.display().to_string()),
+            "the error names the bundle path: {e}"
+        );
+        let st = f.shim.state(&id, "").expect("State");
+        assert_eq!(status_of(&st), Status::RUNNING);
+        f.shim.kill(&id, "", 9).expect("Kill");
+        assert_eq!(f.wait_and_delete(&id), 137);
+    });
 }
 
 // ------------------------------------------------------------ mounts
 
 #[test]
 fn bad_rootfs_source_missing() {
-    let Some(f) = Fixture::new("nosource") else {
-        return;
-    };
-    let id = f.id("nolower");
-    let bundle = f.bundle(&id, &["true"]);
-    let mut layer = f.layer(&id);
-    layer.lower = f.work.join("no-such-lower");
-    expect_err(
-        "Create with a missing overlay lowerdir",
-        f.create(&f.request(&id, &bundle, layer.mounts(), None)),
-        Code::UNKNOWN,
-        &["lowerdir=", "no-such-lower", "does not exist"],
-    );
-    assert_not_mounted(&bundle);
+    on_fixture("nosource", |f| {
+        let c = NewContainer::new(f, "nolower");
+        let mut layer = c.layer();
+        layer.lower = f.work.join("no-such-lower");
+        c.create_fails(
+            "Create with a missing overlay lowerdir",
+            layer.mounts(),
+            None,
+            Code::UNKNOWN,
+            &["lowerdir=", "no-such-lower", "does not exist"],
+        );
 
-    let id = f.id("nobind");
-    let bundle = f.bundle(&id, &["true"]);
-    let bind = vec![Mount {
-        type_: "bind".into(),
-        source: f.work.join("no-such-dir").to_string_lossy().into_owned(),
-        options: vec!["rbind".into(), "rw".into()],
+        let bind = vec![Mount {
+            type_: "bind".into(),
+            source: f.work.join("no-such-dir").to_string_lossy().into_owned(),
+            options: vec!["rbind".into(), "rw".into()],
+            ..Default::default()
+        }];
+        NewContainer::new(f, "nobind").create_fails(
+            "Create with a missing bind source",
+            bind,
+            None,
+            Code::UNKNOWN,
+            &["bind source", "no-such-dir", "does not exist"],
+        );
+    });
+}
+
+/// A mount of a filesystem type that does not exist.
+fn nosuchfs() -> Mount {
+    Mount {
+        type_: "nosuchfs".into(),
+        source: "none".into(),
         ..Default::default()
-    }];
-    expect_err(
-        "Create with a missing bind source",
-        f.create(&f.request(&id, &bundle, bind, None)),
-        Code::UNKNOWN,
-        &["bind source", "no-such-dir", "does not exist"],
-    );
-    assert_not_mounted(&bundle);
-    f.assert_keeper_alive();
-    f.finish();
+    }
 }
 
 #[test]
 fn bad_mount_type_unknown() {
-    let Some(f) = Fixture::new("fstype") else {
-        return;
-    };
-    let id = f.id("fstype");
-    let bundle = f.bundle(&id, &["true"]);
-    let m = vec![Mount {
-        type_: "nosuchfs".into(),
-        source: "none".into(),
-        ..Default::default()
-    }];
-    expect_err(
-        "Create with an unknown mount type",
-        f.create(&f.request(&id, &bundle, m, None)),
-        Code::UNKNOWN,
-        &["unknown mount type \"nosuchfs\""],
-    );
-    assert_not_mounted(&bundle);
-    f.assert_keeper_alive();
-    f.finish();
+    on_fixture("fstype", |f| {
+        NewContainer::new(f, "fstype").create_fails(
+            "Create with an unknown mount type",
+            vec![nosuchfs()],
+            None,
+            Code::UNKNOWN,
+            &["unknown mount type \"nosuchfs\""],
+        );
+    });
 }
 
 #[test]
 fn bad_mount_option_unknown() {
-    let Some(f) = Fixture::new("mountopt") else {
-        return;
-    };
-    let id = f.id("mountopt");
-    let bundle = f.bundle(&id, &["true"]);
-    let layer = f.layer(&id);
-    let mut m = layer.mounts();
-    m[0].options.push("no_such_option=1".into());
-    expect_err(
-        "Create with an unknown overlay option",
-        f.create(&f.request(&id, &bundle, m, None)),
-        Code::UNKNOWN,
-        &["overlay mount", "no_such_option=1", "EINVAL"],
-    );
-    assert_not_mounted(&bundle);
-    f.assert_keeper_alive();
-    f.finish();
+    on_fixture("mountopt", |f| {
+        let c = NewContainer::new(f, "mountopt");
+        let mut m = c.layer().mounts();
+        m[0].options.push("no_such_option=1".into());
+        c.create_fails(
+            "Create with an unknown overlay option",
+            m,
+            None,
+            Code::UNKNOWN,
+            &["overlay mount", "no_such_option=1", "EINVAL"],
+        );
+    });
 }
 
 /// The first of two rootfs mounts succeeds, the second is bad: Create fails
 /// and takes the first one down again (nothing left on `bundle/rootfs`).
 #[test]
 fn bad_second_mount_unmounts_the_first() {
-    let Some(f) = Fixture::new("twomounts") else {
-        return;
-    };
-    let id = f.id("twomounts");
-    let bundle = f.bundle(&id, &["true"]);
-    let layer = f.layer(&id);
-    let mut m = layer.mounts();
-    m.push(Mount {
-        type_: "nosuchfs".into(),
-        source: "none".into(),
-        ..Default::default()
+    on_fixture("twomounts", |f| {
+        let c = NewContainer::new(f, "twomounts");
+        let mut m = c.layer().mounts();
+        m.push(nosuchfs());
+        c.create_fails(
+            "Create whose second mount is bad",
+            m,
+            None,
+            Code::UNKNOWN,
+            &["unknown mount type \"nosuchfs\""],
+        );
     });
-    expect_err(
-        "Create whose second mount is bad",
-        f.create(&f.request(&id, &bundle, m, None)),
-        Code::UNKNOWN,
-        &["unknown mount type \"nosuchfs\""],
-    );
-    assert_not_mounted(&bundle);
-    f.assert_keeper_alive();
-    f.finish();
 }
 
 // ------------------------------------------------------------ runc
 
 #[test]
 fn bad_runc_missing() {
-    let Some(f) = Fixture::new("norunc") else {
-        return;
-    };
-    let id = f.id("norunc");
-    let bundle = f.bundle(&id, &["true"]);
-    let layer = f.layer(&id);
-    let opts = config_body_options("runc_binary = \"/nonexistent/runc\"\n");
-    expect_err(
-        "Create with runc_binary = /nonexistent/runc",
-        f.create(&f.request(&id, &bundle, layer.mounts(), Some(opts))),
-        Code::FAILED_PRECONDITION,
-        &["cannot run runc binary /nonexistent/runc", "No such file"],
-    );
-    assert_not_mounted(&bundle);
-    f.assert_keeper_alive();
-    f.finish();
+    on_fixture("norunc", |f| {
+        let c = NewContainer::new(f, "norunc");
+        let opts = config_body_options("runc_binary = \"/nonexistent/runc\"\n");
+        c.create_fails(
+            "Create with runc_binary = /nonexistent/runc",
+            c.layer().mounts(),
+            Some(opts),
+            Code::FAILED_PRECONDITION,
+            &["cannot run runc binary /nonexistent/runc", "No such file"],
+        );
+    });
 }
 
 #[test]
 fn bad_runc_create_fails() {
-    let Some(f) = Fixture::new("runcfails") else {
-        return;
-    };
-    let wrapper = RuncWrapper::install(&f.cd.dir).expect("wrapper");
-    let id = f.id("runcfails");
-    wrapper.fail("create", &[&id]).unwrap();
-    let bundle = f.bundle(&id, &["true"]);
-    let layer = f.layer(&id);
-    let opts = config_body_options(&wrapper.toml_line());
-    expect_err(
-        "Create with a runc whose create fails",
-        f.create(&f.request(&id, &bundle, layer.mounts(), Some(opts))),
-        Code::UNKNOWN,
-        &["runc create failed (exit status 1)", "fails on purpose"],
-    );
-    assert_not_mounted(&bundle);
-    let state = Path::new("/run/containerd/brisk").join(&f.ns).join(&id);
-    assert!(!state.exists(), "runc state {} left", state.display());
-    f.assert_keeper_alive();
-    f.finish();
+    on_fixture("runcfails", |f| {
+        let wrapper = RuncWrapper::install(&f.cd.dir).expect("wrapper");
+        let c = NewContainer::new(f, "runcfails");
+        wrapper.fail("create", &[&c.id]).unwrap();
+        let opts = config_body_options(&wrapper.toml_line());
+        c.create_fails(
+            "Create with a runc whose create fails",
+            c.layer().mounts(),
+            Some(opts),
+            Code::UNKNOWN,
+            &["runc create failed (exit status 1)", "fails on purpose"],
+        );
+        let state = Path::new("/run/containerd/brisk").join(&f.ns).join(&c.id);
+        assert!(!state.exists(), "runc state {} left", state.display());
+    });
 }
 
 // ------------------------------------------------------------ brisk.toml (ConfigBody)
 
 #[test]
 fn bad_brisk_toml_config_body() {
-    let Some(f) = Fixture::new("badtoml") else {
-        return;
-    };
-    for (body, needles) in [
-        ("runc_root = [", &["<ConfigBody>"][..]),
-        (
-            "runc_bianry = \"/usr/sbin/runc\"\n",
-            &["<ConfigBody>", "runc_bianry"][..],
-        ),
-    ] {
-        let id = f.id("badtoml");
-        let bundle = f.bundle(&id, &["true"]);
-        let layer = f.layer(&id);
-        expect_err(
-            &format!("Create with brisk config {body:?}"),
-            f.create(&f.request(
-                &id,
-                &bundle,
-                layer.mounts(),
+    on_fixture("badtoml", |f| {
+        for (body, needles) in [
+            ("runc_root = [", &["<ConfigBody>"][..]),
+            (
+                "runc_bianry = \"/usr/sbin/runc\"\n",
+                &["<ConfigBody>", "runc_bianry"][..],
+            ),
+        ] {
+            let c = NewContainer::new(f, "badtoml");
+            c.create_fails(
+                &format!("Create with brisk config {body:?}"),
+                c.layer().mounts(),
                 Some(config_body_options(body)),
-            )),
-            Code::INVALID_ARGUMENT,
-            needles,
-        );
-        assert_not_mounted(&bundle);
-    }
-    let id = f.id("nofile");
-    let bundle = f.bundle(&id, &["true"]);
-    let layer = f.layer(&id);
-    let missing = Path::new("/nonexistent/brisk.toml");
-    expect_err(
-        "Create with ConfigPath naming a missing file",
-        f.create(&f.request(
-            &id,
-            &bundle,
-            layer.mounts(),
+                Code::INVALID_ARGUMENT,
+                needles,
+            );
+        }
+        let c = NewContainer::new(f, "nofile");
+        let missing = Path::new("/nonexistent/brisk.toml");
+        c.create_fails(
+            "Create with ConfigPath naming a missing file",
+            c.layer().mounts(),
             Some(config_path_options(missing)),
-        )),
-        Code::INVALID_ARGUMENT,
-        &["/nonexistent/brisk.toml", "No such file"],
-    );
-    assert_not_mounted(&bundle);
-    f.assert_keeper_alive();
-    f.finish();
+            Code::INVALID_ARGUMENT,
+            &["/nonexistent/brisk.toml", "No such file"],
+        );
+    });
 }
 
 /// A value of the wrong type: the error must say which key.
 #[test]
 fn bad_brisk_toml_wrong_type() {
-    let Some(f) = Fixture::new("tomltype") else {
-        return;
-    };
-    let id = f.id("tomltype");
-    let bundle = f.bundle(&id, &["true"]);
-    let layer = f.layer(&id);
-    expect_err(
-        "Create with brisk config volatile = \"yes\"",
-        f.create(&f.request(
-            &id,
-            &bundle,
-            layer.mounts(),
-            Some(config_body_options("volatile = \"yes\"\n")),
-        )),
-        Code::INVALID_ARGUMENT,
-        &["<ConfigBody>", "volatile"],
-    );
-    f.assert_keeper_alive();
-    f.finish();
+    on_fixture("tomltype", |f| {
+        let c = NewContainer::new(f, "tomltype");
+        let opts = config_body_options("volatile = \"yes\"\n");
+        expect_err(
+            "Create with brisk config volatile = \"yes\"",
+            c.create(c.layer().mounts(), Some(opts)),
+            Code::INVALID_ARGUMENT,
+            &["<ConfigBody>", "volatile"],
+        );
+    });
 }
 
 // ------------------------------------------------------------ task calls
@@ -398,223 +381,205 @@ fn bad_update_resources() {
 
 #[test]
 fn bad_exec_id_unknown() {
-    let Some(f) = Fixture::new("noexec") else {
-        return;
-    };
-    let k = f.keeper.clone();
-    let needles = ["exec nope not found", k.as_str()];
-    expect_err(
-        "Start of an unknown exec",
-        f.shim.start_task(&k, "nope"),
-        Code::NOT_FOUND,
-        &needles,
-    );
-    expect_err(
-        "State of an unknown exec",
-        f.shim.state(&k, "nope"),
-        Code::NOT_FOUND,
-        &needles,
-    );
-    expect_err(
-        "Kill of an unknown exec",
-        f.shim.kill(&k, "nope", 9),
-        Code::NOT_FOUND,
-        &needles,
-    );
-    expect_err(
-        "Delete of an unknown exec",
-        f.shim.delete(&k, "nope"),
-        Code::NOT_FOUND,
-        &needles,
-    );
-    expect_err(
-        "Wait of an unknown exec",
-        f.shim.wait(&k, "nope", Duration::from_secs(5)),
-        Code::NOT_FOUND,
-        &needles,
-    );
-    expect_err(
-        "Exec with an empty exec id",
-        f.shim.exec(&k, "", &["true"], None),
-        Code::INVALID_ARGUMENT,
-        &["exec id is empty"],
-    );
-    f.assert_keeper_alive();
-    f.finish();
+    on_fixture("noexec", |f| {
+        let k = f.keeper.clone();
+        let needles = ["exec nope not found", k.as_str()];
+        expect_err(
+            "Start of an unknown exec",
+            f.shim.start_task(&k, "nope"),
+            Code::NOT_FOUND,
+            &needles,
+        );
+        expect_err(
+            "State of an unknown exec",
+            f.shim.state(&k, "nope"),
+            Code::NOT_FOUND,
+            &needles,
+        );
+        expect_err(
+            "Kill of an unknown exec",
+            f.shim.kill(&k, "nope", 9),
+            Code::NOT_FOUND,
+            &needles,
+        );
+        expect_err(
+            "Delete of an unknown exec",
+            f.shim.delete(&k, "nope"),
+            Code::NOT_FOUND,
+            &needles,
+        );
+        expect_err(
+            "Wait of an unknown exec",
+            f.shim.wait(&k, "nope", Duration::from_secs(5)),
+            Code::NOT_FOUND,
+            &needles,
+        );
+        expect_err(
+            "Exec with an empty exec id",
+            f.shim.exec(&k, "", &["true"], None),
+            Code::INVALID_ARGUMENT,
+            &["exec id is empty"],
+        );
+    });
 }
 
 #[test]
 fn bad_exec_id_duplicate() {
-    let Some(f) = Fixture::new("dupexec") else {
-        return;
-    };
-    let k = f.keeper.clone();
-    f.shim
-        .exec(&k, "dup", &["sleep", "1000"], None)
-        .expect("exec");
-    f.shim.start_task(&k, "dup").expect("start exec");
-    expect_err(
-        "Exec with the id of a running exec",
-        f.shim.exec(&k, "dup", &["true"], None),
-        Code::ALREADY_EXISTS,
-        &["exec dup", &k, "already exists"],
-    );
-    expect_err(
-        "Start of a running exec",
-        f.shim.start_task(&k, "dup"),
-        Code::FAILED_PRECONDITION,
-        &["cannot start a process that is running"],
-    );
-    let st = f.shim.state(&k, "dup").expect("State of dup");
-    assert_eq!(
-        status_of(&st),
-        Status::RUNNING,
-        "the first exec is untouched"
-    );
-    f.shim.kill(&k, "dup", 9).expect("kill exec");
-    let w = f
-        .shim
-        .wait(&k, "dup", Duration::from_secs(10))
-        .expect("wait exec");
-    assert_eq!(w.exit_status, 137);
-    f.shim.delete(&k, "dup").expect("delete exec");
-    // Gone, so the id is free again.
-    let (code, out) = f
-        .shim
-        .exec_sync(&k, "dup", &["echo", "again"], &f.work)
-        .expect("exec id reused after delete");
-    assert_eq!((code, out.as_str()), (0, "again\n"));
-    f.assert_keeper_alive();
-    f.finish();
+    on_fixture("dupexec", |f| {
+        let k = f.keeper.clone();
+        f.shim
+            .exec(&k, "dup", &["sleep", "1000"], None)
+            .expect("exec");
+        f.shim.start_task(&k, "dup").expect("start exec");
+        expect_err(
+            "Exec with the id of a running exec",
+            f.shim.exec(&k, "dup", &["true"], None),
+            Code::ALREADY_EXISTS,
+            &["exec dup", &k, "already exists"],
+        );
+        expect_err(
+            "Start of a running exec",
+            f.shim.start_task(&k, "dup"),
+            Code::FAILED_PRECONDITION,
+            &["cannot start a process that is running"],
+        );
+        let st = f.shim.state(&k, "dup").expect("State of dup");
+        assert_eq!(
+            status_of(&st),
+            Status::RUNNING,
+            "the first exec is untouched"
+        );
+        f.shim.kill(&k, "dup", 9).expect("kill exec");
+        let w = f
+            .shim
+            .wait(&k, "dup", Duration::from_secs(10))
+            .expect("wait exec");
+        assert_eq!(w.exit_status, 137);
+        f.shim.delete(&k, "dup").expect("delete exec");
+        // Gone, so the id is free again.
+        let (code, out) = f
+            .shim
+            .exec_sync(&k, "dup", &["echo", "again"], &f.work)
+            .expect("exec id reused after delete");
+        assert_eq!((code, out.as_str()), (0, "again\n"));
+    });
 }
 
 #[test]
 fn bad_create_existing_id() {
-    let Some(f) = Fixture::new("dupid") else {
-        return;
-    };
-    let k = f.keeper.clone();
-    let bundle = f.bundle("dupid-other-bundle", &["true"]);
-    let layer = f.layer("dupid-other");
-    expect_err(
-        "Create of an id that exists",
-        f.shim.create(&f.request(&k, &bundle, layer.mounts(), None)),
-        Code::ALREADY_EXISTS,
-        &[&format!("container {k} already exists")],
-    );
-    assert_not_mounted(&bundle);
-    f.assert_keeper_alive();
-    f.finish();
+    on_fixture("dupid", |f| {
+        let k = f.keeper.clone();
+        let bundle = f.bundle("dupid-other-bundle", &["true"]);
+        let layer = f.layer("dupid-other");
+        expect_err(
+            "Create of an id that exists",
+            f.shim.create(&f.request(&k, &bundle, layer.mounts(), None)),
+            Code::ALREADY_EXISTS,
+            &[&format!("container {k} already exists")],
+        );
+        assert_not_mounted(&bundle);
+    });
 }
 
 /// Two Creates of one new id at the same time (different bundles): one
 /// wins, the other fails, and the winner's container works.
 #[test]
 fn bad_create_same_id_concurrently() {
-    let Some(f) = Fixture::new("raceid") else {
-        return;
-    };
-    let id = f.id("raceid");
-    let reqs: Vec<_> = (0..2)
-        .map(|i| {
-            let b = f.bundle(&format!("{id}-bundle{i}"), &["sleep", "1000"]);
-            let l = f.layer(&format!("{id}-layer{i}"));
-            (b.clone(), f.request(&id, &b, l.mounts(), None))
-        })
-        .collect();
-    let results: Vec<_> = std::thread::scope(|s| {
-        let hs: Vec<_> = reqs.iter().map(|(_, r)| s.spawn(|| f.create(r))).collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    on_fixture("raceid", |f| {
+        let id = f.id("raceid");
+        let reqs: Vec<_> = (0..2)
+            .map(|i| {
+                let b = f.bundle(&format!("{id}-bundle{i}"), &["sleep", "1000"]);
+                let l = f.layer(&format!("{id}-layer{i}"));
+                (b.clone(), f.request(&id, &b, l.mounts(), None))
+            })
+            .collect();
+        let results: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = reqs.iter().map(|(_, r)| s.spawn(|| f.create(r))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        eprintln!("concurrent creates: {results:?}");
+        let ok: Vec<usize> = (0..2).filter(|&i| results[i].is_ok()).collect();
+        assert_eq!(ok.len(), 1, "exactly one Create wins: {results:?}");
+        let loser = 1 - ok[0];
+        // The winner's container is intact.
+        let st = f.shim.state(&id, "").expect("State of the winner");
+        assert_eq!(status_of(&st), Status::CREATED, "winner: {st:?}");
+        f.shim
+            .start_task(&id, "")
+            .unwrap_or_else(|e| panic!("start of the winning Create: {e}\n{}", f.shim_log()));
+        let (code, out) = f
+            .shim
+            .exec_sync(&id, "e1", &["echo", "won"], &f.work)
+            .expect("exec in the winner");
+        assert_eq!((code, out.as_str()), (0, "won\n"));
+        assert_not_mounted(&reqs[loser].0);
+        let e = results[loser].as_ref().unwrap_err();
+        assert_eq!(
+            e.code,
+            Code::ALREADY_EXISTS,
+            "the loser is told the id exists: {e}"
+        );
     });
-    eprintln!("concurrent creates: {results:?}");
-    let ok: Vec<usize> = (0..2).filter(|&i| results[i].is_ok()).collect();
-    assert_eq!(ok.len(), 1, "exactly one Create wins: {results:?}");
-    let loser = 1 - ok[0];
-    // The winner's container is intact.
-    let st = f.shim.state(&id, "").expect("State of the winner");
-    assert_eq!(status_of(&st), Status::CREATED, "winner: {st:?}");
-    f.shim
-        .start_task(&id, "")
-        .unwrap_or_else(|e| panic!("start of the winning Create: {e}\n{}", f.shim_log()));
-    let (code, out) = f
-        .shim
-        .exec_sync(&id, "e1", &["echo", "won"], &f.work)
-        .expect("exec in the winner");
-    assert_eq!((code, out.as_str()), (0, "won\n"));
-    assert_not_mounted(&reqs[loser].0);
-    let e = results[loser].as_ref().unwrap_err();
-    assert_eq!(
-        e.code,
-        Code::ALREADY_EXISTS,
-        "the loser is told the id exists: {e}"
-    );
-    f.assert_keeper_alive();
-    f.finish();
 }
 
 #[test]
 fn bad_delete_twice() {
-    let Some(f) = Fixture::new("deltwice") else {
-        return;
-    };
-    let id = f.id("deltwice");
-    let bundle = f.bundle(&id, &["sh", "-c", "exit 2"]);
-    let layer = f.layer(&id);
-    f.create(&f.request(&id, &bundle, layer.mounts(), None))
-        .expect("create");
-    expect_err(
-        "Delete of a created (not started) container's exec",
-        f.shim.delete(&id, "nope"),
-        Code::NOT_FOUND,
-        &["exec nope not found"],
-    );
-    f.shim.start_task(&id, "").expect("start");
-    let w = f.shim.wait(&id, "", Duration::from_secs(10)).expect("wait");
-    assert_eq!(w.exit_status, 2);
-    let d = f.shim.delete(&id, "").expect("first Delete");
-    assert_eq!(d.exit_status, 2);
-    expect_err(
-        "second Delete",
-        f.shim.delete(&id, ""),
-        Code::NOT_FOUND,
-        &[&format!("container {id} not found")],
-    );
-    // Delete of a running container is refused.
-    expect_err(
-        "Delete of a running container",
-        f.shim.delete(&f.keeper, ""),
-        Code::FAILED_PRECONDITION,
-        &["cannot delete a process that is running"],
-    );
-    f.assert_keeper_alive();
-    f.finish();
+    on_fixture("deltwice", |f| {
+        let id = f.id("deltwice");
+        let bundle = f.bundle(&id, &["sh", "-c", "exit 2"]);
+        let layer = f.layer(&id);
+        f.create(&f.request(&id, &bundle, layer.mounts(), None))
+            .expect("create");
+        expect_err(
+            "Delete of a created (not started) container's exec",
+            f.shim.delete(&id, "nope"),
+            Code::NOT_FOUND,
+            &["exec nope not found"],
+        );
+        f.shim.start_task(&id, "").expect("start");
+        let w = f.shim.wait(&id, "", Duration::from_secs(10)).expect("wait");
+        assert_eq!(w.exit_status, 2);
+        let d = f.shim.delete(&id, "").expect("first Delete");
+        assert_eq!(d.exit_status, 2);
+        expect_err(
+            "second Delete",
+            f.shim.delete(&id, ""),
+            Code::NOT_FOUND,
+            &[&format!("container {id} not found")],
+        );
+        // Delete of a running container is refused.
+        expect_err(
+            "Delete of a running container",
+            f.shim.delete(&f.keeper, ""),
+            Code::FAILED_PRECONDITION,
+            &["cannot delete a process that is running"],
+        );
+    });
 }
 
 #[test]
 fn bad_kill_unknown_id() {
-    let Some(f) = Fixture::new("killunknown") else {
-        return;
-    };
-    expect_err(
-        "Kill of an unknown container",
-        f.shim.kill("no-such-container", "", 9),
-        Code::NOT_FOUND,
-        &["container no-such-container not found"],
-    );
-    expect_err(
-        "State of an unknown container",
-        f.shim.state("no-such-container", ""),
-        Code::NOT_FOUND,
-        &["container no-such-container not found"],
-    );
-    expect_err(
-        "Kill with an invalid signal",
-        f.shim.kill(&f.keeper, "", 12345),
-        Code::UNKNOWN,
-        &["runc kill failed"],
-    );
-    f.assert_keeper_alive();
-    f.finish();
+    on_fixture("killunknown", |f| {
+        expect_err(
+            "Kill of an unknown container",
+            f.shim.kill("no-such-container", "", 9),
+            Code::NOT_FOUND,
+            &["container no-such-container not found"],
+        );
+        expect_err(
+            "State of an unknown container",
+            f.shim.state("no-such-container", ""),
+            Code::NOT_FOUND,
+            &["container no-such-container not found"],
+        );
+        expect_err(
+            "Kill with an invalid signal",
+            f.shim.kill(&f.keeper, "", 12345),
+            Code::UNKNOWN,
+            &["runc kill failed"],
+        );
+    });
 }
 
 // ------------------------------------------------------------ through CRI
@@ -646,7 +611,7 @@ impl CriCase {
         })
     }
 
-    fn config_path(&self) -> std::path::PathBuf {
+    fn config_path(&self) -> PathBuf {
         self.cd.dir.join("brisk.toml")
     }
 
@@ -681,6 +646,17 @@ impl CriCase {
         }
     }
 
+    /// Starting a container must fail with an error naming each of
+    /// `needles`, and the running container must be unaffected.
+    fn start_fails(&mut self, what: &str, needles: &[&str]) {
+        let e = self.try_start().expect_err(what);
+        for n in needles {
+            assert!(e.contains(n), "{what}: error lacks {n:?}: {e}");
+        }
+        eprintln!("{what}: {e}");
+        self.assert_keep_alive();
+    }
+
     fn assert_keep_alive(&self) {
         let cri = self.cd.cri();
         let r = cri
@@ -702,15 +678,6 @@ impl CriCase {
     }
 }
 
-fn expect_cri_err(what: &str, r: Result<String, String>, needles: &[&str]) -> String {
-    let e = r.expect_err(what);
-    for n in needles {
-        assert!(e.contains(n), "{what}: error lacks {n:?}: {e}");
-    }
-    eprintln!("{what}: {e}");
-    e
-}
-
 #[test]
 fn bad_brisk_toml_via_cri() {
     let Some(mut c) = CriCase::new("badtoml") else {
@@ -718,26 +685,20 @@ fn bad_brisk_toml_via_cri() {
     };
     let path = c.config_path().display().to_string();
     c.set_config("runc_root = [\n");
-    expect_cri_err(
+    c.start_fails(
         "StartContainer with a brisk.toml that is not TOML",
-        c.try_start(),
         &["InvalidArgument", &path],
     );
-    c.assert_keep_alive();
     c.set_config("runc_bianry = \"/usr/sbin/runc\"\n");
-    expect_cri_err(
+    c.start_fails(
         "StartContainer with an unknown brisk.toml key",
-        c.try_start(),
         &["InvalidArgument", &path, "runc_bianry"],
     );
-    c.assert_keep_alive();
     std::fs::remove_file(c.config_path()).unwrap();
-    expect_cri_err(
+    c.start_fails(
         "StartContainer with the brisk.toml missing",
-        c.try_start(),
         &["InvalidArgument", &path],
     );
-    c.assert_keep_alive();
     c.set_config("");
     c.try_start().expect("an empty brisk.toml means defaults");
     c.finish();
@@ -749,24 +710,20 @@ fn bad_runc_via_cri() {
         return;
     };
     c.set_config("runc_binary = \"/nonexistent/runc\"\n");
-    expect_cri_err(
+    c.start_fails(
         "StartContainer with runc_binary = /nonexistent/runc",
-        c.try_start(),
         &[
             "FailedPrecondition",
             "cannot run runc binary /nonexistent/runc",
         ],
     );
-    c.assert_keep_alive();
     let wrapper = RuncWrapper::install(&c.cd.dir).expect("wrapper");
     c.set_config(&wrapper.toml_line());
     wrapper.fail("create", &[]).unwrap();
-    expect_cri_err(
+    c.start_fails(
         "StartContainer with a runc whose create fails",
-        c.try_start(),
         &["runc create failed (exit status 1)", "fails on purpose"],
     );
-    c.assert_keep_alive();
     wrapper.unfail("create");
     c.try_start().expect("runc works again");
     c.finish();

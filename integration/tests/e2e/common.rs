@@ -1,6 +1,9 @@
 use std::time::Duration;
 
-use brisk_integration::{Containerd, Options, BRISK_HANDLER};
+use brisk_integration::{Containerd, Options, Pod, BRISK_HANDLER};
+
+/// Shim processes serving `handler` pods of a containerd.
+pub use brisk_integration::scenario::handler_shims;
 
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -20,13 +23,25 @@ pub fn start_with(handler: &str, opts: Options) -> Option<Containerd> {
     Some(Containerd::start_with(opts).expect("start private containerd"))
 }
 
-/// Shim processes serving `handler` pods of this containerd.
-pub fn handler_shims(cd: &Containerd, handler: &str) -> Vec<i32> {
-    if handler == BRISK_HANDLER {
-        cd.brisk_shim_pids()
-    } else {
-        cd.runc_shim_pids()
-    }
+/// A scenario on one pod: a private containerd and a pod `name` on
+/// `handler`, `body`, then [`remove_pod_and_finish`]. Does nothing when
+/// integration tests cannot run here.
+pub fn in_pod(handler: &str, name: &str, body: impl FnOnce(&Containerd, &Pod)) {
+    let Some(cd) = start(handler) else {
+        return;
+    };
+    let pod = cd.cri().run_pod_sandbox(handler, name).expect("pod");
+    body(&cd, &pod);
+    remove_pod_and_finish(cd, &pod);
+}
+
+/// Stop and remove `pod`, require that nothing is left, tear down.
+pub fn remove_pod_and_finish(cd: Containerd, pod: &Pod) {
+    let cri = cd.cri();
+    cri.stop_pod(&pod.id).expect("stop pod");
+    cri.remove_pod(&pod.id).expect("remove pod");
+    cd.assert_no_leaks();
+    cd.finish();
 }
 
 /// runtime_type (for `ctr run --runtime`) of a CRI handler name.

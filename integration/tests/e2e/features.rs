@@ -21,31 +21,25 @@ handler_tests!(
 
 /// A tty container: its stdout is a terminal, ExecSync works.
 fn tty(handler: &str) {
-    let Some(cd) = common::start(handler) else {
-        return;
-    };
-    let cri = cd.cri();
-    let pod = cri.run_pod_sandbox(handler, "tty").expect("pod");
-    let spec = ContainerSpec::sh(
-        "tty",
-        "if [ -t 1 ]; then echo stdout-is-a-tty; fi; exec sleep 1000",
-    )
-    .tty(true)
-    .stdin(true);
-    let id = cri.run_container(&pod, &spec).expect("tty container");
-    let r = cri
-        .exec_sync(&id, &["echo", "via-exec"], Duration::from_secs(10))
-        .expect("ExecSync");
-    assert_eq!(r.exit_code, 0);
-    assert_eq!(r.stdout_str(), "via-exec\n");
-    common::wait_file_contains(&pod.log_directory.join("tty.log"), "stdout-is-a-tty");
-    cri.stop_container(&id, 0).expect("stop");
-    let st = cri.wait_for_exited(&id, EXIT_TIMEOUT).expect("exited");
-    assert_eq!(st.exit_code, 137);
-    cri.stop_pod(&pod.id).expect("stop pod");
-    cri.remove_pod(&pod.id).expect("remove pod");
-    cd.assert_no_leaks();
-    cd.finish();
+    common::in_pod(handler, "tty", |cd, pod| {
+        let cri = cd.cri();
+        let spec = ContainerSpec::sh(
+            "tty",
+            "if [ -t 1 ]; then echo stdout-is-a-tty; fi; exec sleep 1000",
+        )
+        .tty(true)
+        .stdin(true);
+        let id = cri.run_container(pod, &spec).expect("tty container");
+        let r = cri
+            .exec_sync(&id, &["echo", "via-exec"], Duration::from_secs(10))
+            .expect("ExecSync");
+        assert_eq!(r.exit_code, 0);
+        assert_eq!(r.stdout_str(), "via-exec\n");
+        common::wait_file_contains(&pod.log_directory.join("tty.log"), "stdout-is-a-tty");
+        cri.stop_container(&id, 0).expect("stop");
+        let st = cri.wait_for_exited(&id, EXIT_TIMEOUT).expect("exited");
+        assert_eq!(st.exit_code, 137);
+    });
 }
 
 fn read_cgroup(cd: &brisk_integration::Containerd, id: &str, file: &str) -> String {
@@ -59,122 +53,108 @@ fn read_cgroup(cd: &brisk_integration::Containerd, id: &str, file: &str) -> Stri
 
 /// UpdateContainerResources on a running container reaches its cgroup.
 fn update_resources(handler: &str) {
-    let Some(cd) = common::start(handler) else {
-        return;
-    };
-    let cri = cd.cri();
-    let pod = cri.run_pod_sandbox(handler, "update").expect("pod");
-    let spec = ContainerSpec::new("upd", &["sleep", "1000"]).memory_limit(64 << 20);
-    let id = cri.run_container(&pod, &spec).expect("container");
-    assert_eq!(
-        read_cgroup(&cd, &id, "memory.limit_in_bytes"),
-        (64u64 << 20).to_string()
-    );
-    let res = LinuxContainerResources {
-        cpu_shares: 512,
-        memory_limit_in_bytes: 48 << 20,
-        cpu_period: 100_000,
-        cpu_quota: 50_000,
-        ..Default::default()
-    };
-    cri.update_container_resources(&id, res)
-        .expect("UpdateContainerResources");
-    assert_eq!(
-        read_cgroup(&cd, &id, "memory.limit_in_bytes"),
-        (48u64 << 20).to_string()
-    );
-    assert_eq!(read_cgroup(&cd, &id, "cpu.shares"), "512");
-    assert_eq!(read_cgroup(&cd, &id, "cpu.cfs_quota_us"), "50000");
-    let st = cri.container_status(&id).expect("status");
-    assert_eq!(st.state, ContainerState::ContainerRunning as i32);
-    // The container still works after the update.
-    let r = cri
-        .exec_sync(&id, &["true"], Duration::from_secs(10))
-        .expect("exec");
-    assert_eq!(r.exit_code, 0);
-    cri.stop_pod(&pod.id).expect("stop pod");
-    cri.remove_pod(&pod.id).expect("remove pod");
-    cd.assert_no_leaks();
-    cd.finish();
+    common::in_pod(handler, "update", |cd, pod| {
+        let cri = cd.cri();
+        let spec = ContainerSpec::new("upd", &["sleep", "1000"]).memory_limit(64 << 20);
+        let id = cri.run_container(pod, &spec).expect("container");
+        assert_eq!(
+            read_cgroup(cd, &id, "memory.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+        let res = LinuxContainerResources {
+            cpu_shares: 512,
+            memory_limit_in_bytes: 48 << 20,
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            ..Default::default()
+        };
+        cri.update_container_resources(&id, res)
+            .expect("UpdateContainerResources");
+        assert_eq!(
+            read_cgroup(cd, &id, "memory.limit_in_bytes"),
+            (48u64 << 20).to_string()
+        );
+        assert_eq!(read_cgroup(cd, &id, "cpu.shares"), "512");
+        assert_eq!(read_cgroup(cd, &id, "cpu.cfs_quota_us"), "50000");
+        let st = cri.container_status(&id).expect("status");
+        assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+        // The container still works after the update.
+        let r = cri
+            .exec_sync(&id, &["true"], Duration::from_secs(10))
+            .expect("exec");
+        assert_eq!(r.exit_code, 0);
+    });
 }
 
 /// stdout and stderr of a container end up in its CRI log file.
 fn container_logs(handler: &str) {
-    let Some(cd) = common::start(handler) else {
-        return;
-    };
-    let cri = cd.cri();
-    let pod = cri.run_pod_sandbox(handler, "logs").expect("pod");
-    let spec = ContainerSpec::sh(
-        "logger",
-        "echo out-line-1; echo err-line >&2; echo out-line-2",
-    );
-    let id = cri.run_container(&pod, &spec).expect("container");
-    let st = cri.wait_for_exited(&id, EXIT_TIMEOUT).expect("exited");
-    assert_eq!(st.exit_code, 0);
-    assert!(
-        st.log_path.ends_with("logger.log"),
-        "log_path {}",
-        st.log_path
-    );
-    let log = common::wait_file_contains(&pod.log_directory.join("logger.log"), "out-line-2");
-    // CRI log format: "<time> <stream> <P|F> <text>"
-    let lines: Vec<(String, String)> = log
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.splitn(4, ' ').collect();
-            (f.len() == 4).then(|| (f[1].to_string(), f[3].to_string()))
-        })
-        .collect();
-    assert!(
-        lines.contains(&("stdout".into(), "out-line-1".into())),
-        "{log}"
-    );
-    assert!(
-        lines.contains(&("stderr".into(), "err-line".into())),
-        "{log}"
-    );
-    assert!(
-        lines.contains(&("stdout".into(), "out-line-2".into())),
-        "{log}"
-    );
-    cri.stop_pod(&pod.id).expect("stop pod");
-    cri.remove_pod(&pod.id).expect("remove pod");
-    cd.assert_no_leaks();
-    cd.finish();
+    common::in_pod(handler, "logs", |cd, pod| {
+        let cri = cd.cri();
+        let spec = ContainerSpec::sh(
+            "logger",
+            "echo out-line-1; echo err-line >&2; echo out-line-2",
+        );
+        let id = cri.run_container(pod, &spec).expect("container");
+        let st = cri.wait_for_exited(&id, EXIT_TIMEOUT).expect("exited");
+        assert_eq!(st.exit_code, 0);
+        assert!(
+            st.log_path.ends_with("logger.log"),
+            "log_path {}",
+            st.log_path
+        );
+        let log = common::wait_file_contains(&pod.log_directory.join("logger.log"), "out-line-2");
+        // CRI log format: "<time> <stream> <P|F> <text>"
+        let lines: Vec<(&str, &str)> = log
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.splitn(4, ' ').collect();
+                (f.len() == 4).then(|| (f[1], f[3]))
+            })
+            .collect();
+        for line in [
+            ("stdout", "out-line-1"),
+            ("stderr", "err-line"),
+            ("stdout", "out-line-2"),
+        ] {
+            assert!(lines.contains(&line), "{log}");
+        }
+    });
 }
 
 /// `ctr task pause/resume` on a CRI container freezes and thaws its cgroup.
 fn pause_resume(handler: &str) {
-    let Some(cd) = common::start(handler) else {
-        return;
-    };
-    let cri = cd.cri();
-    let pod = cri.run_pod_sandbox(handler, "pause").expect("pod");
-    let id = cri
-        .run_container(&pod, &ContainerSpec::new("p", &["sleep", "1000"]))
-        .expect("container");
-    let k8s = cd.ctr_in("k8s.io");
-    k8s.run(&["tasks", "pause", &id]).expect("ctr tasks pause");
-    common::wait_task_status(&k8s, &id, "PAUSED");
-    assert_eq!(read_cgroup(&cd, &id, "freezer.state"), "FROZEN");
-    k8s.run(&["tasks", "resume", &id])
-        .expect("ctr tasks resume");
-    common::wait_task_status(&k8s, &id, "RUNNING");
-    assert_eq!(read_cgroup(&cd, &id, "freezer.state"), "THAWED");
-    let r = cri
-        .exec_sync(&id, &["echo", "alive"], Duration::from_secs(10))
-        .expect("exec after resume");
-    assert_eq!(r.stdout_str(), "alive\n");
-    // Pause again and let pod removal deal with a frozen container.
-    k8s.run(&["tasks", "pause", &id]).expect("ctr tasks pause");
-    common::wait_task_status(&k8s, &id, "PAUSED");
-    k8s.run(&["tasks", "resume", &id])
-        .expect("ctr tasks resume");
-    cri.stop_pod(&pod.id).expect("stop pod");
-    cri.remove_pod(&pod.id).expect("remove pod");
-    cd.assert_no_leaks();
-    cd.finish();
+    common::in_pod(handler, "pause", |cd, pod| {
+        let cri = cd.cri();
+        let id = cri
+            .run_container(pod, &ContainerSpec::new("p", &["sleep", "1000"]))
+            .expect("container");
+        let k8s = cd.ctr_in("k8s.io");
+        let tasks = |verb: &str| {
+            k8s.run(&["tasks", verb, &id])
+                .unwrap_or_else(|e| panic!("ctr tasks {verb}: {e:#}"));
+        };
+        tasks("pause");
+        common::wait_task_status(&k8s, &id, "PAUSED");
+        assert_eq!(read_cgroup(cd, &id, "freezer.state"), "FROZEN");
+        tasks("resume");
+        common::wait_task_status(&k8s, &id, "RUNNING");
+        assert_eq!(read_cgroup(cd, &id, "freezer.state"), "THAWED");
+        let r = cri
+            .exec_sync(&id, &["echo", "alive"], Duration::from_secs(10))
+            .expect("exec after resume");
+        assert_eq!(r.stdout_str(), "alive\n");
+        // Pause again and let pod removal deal with a frozen container.
+        tasks("pause");
+        common::wait_task_status(&k8s, &id, "PAUSED");
+        tasks("resume");
+    });
+}
+
+/// `ctr tasks exec --exec-id EXEC_ID ID CMD...`
+fn exec_args<'a>(exec_id: &'a str, id: &'a str, cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["tasks", "exec", "--exec-id", exec_id, id];
+    args.extend_from_slice(cmd);
+    args
 }
 
 /// `ctr task exec` on a ctr-run container: output and exit codes.
@@ -184,42 +164,20 @@ fn ctr_exec(handler: &str) {
     };
     let ctr = common::ctr_run_detached(&cd, handler, "exec-target", &["sleep", "1000"]);
     let out = ctr
-        .run(&[
-            "tasks",
-            "exec",
-            "--exec-id",
+        .run(&exec_args(
             "e1",
             "exec-target",
-            "sh",
-            "-c",
-            "echo from-exec",
-        ])
+            &["sh", "-c", "echo from-exec"],
+        ))
         .expect("ctr tasks exec");
     assert_eq!(out, "from-exec\n");
     let o = ctr
-        .output(&[
-            "tasks",
-            "exec",
-            "--exec-id",
-            "e2",
-            "exec-target",
-            "sh",
-            "-c",
-            "exit 5",
-        ])
+        .output(&exec_args("e2", "exec-target", &["sh", "-c", "exit 5"]))
         .expect("ctr tasks exec");
     assert_eq!(o.status.code(), Some(5), "{o:?}");
     // The same exec id can be used again once the first is gone.
     let out = ctr
-        .run(&[
-            "tasks",
-            "exec",
-            "--exec-id",
-            "e1",
-            "exec-target",
-            "echo",
-            "again",
-        ])
+        .run(&exec_args("e1", "exec-target", &["echo", "again"]))
         .expect("exec again");
     assert_eq!(out, "again\n");
     // Exec into a CRI container through ctr too.
@@ -230,22 +188,11 @@ fn ctr_exec(handler: &str) {
         .expect("container");
     let out = cd
         .ctr_in("k8s.io")
-        .run(&[
-            "tasks",
-            "exec",
-            "--exec-id",
-            "e1",
-            &id,
-            "cat",
-            "/proc/1/cmdline",
-        ])
+        .run(&exec_args("e1", &id, &["cat", "/proc/1/cmdline"]))
         .expect("ctr exec in CRI container");
     assert_eq!(out, "sleep\u{0}1000\u{0}");
     common::ctr_remove(&ctr, "exec-target");
-    cri.stop_pod(&pod.id).expect("stop pod");
-    cri.remove_pod(&pod.id).expect("remove pod");
-    cd.assert_no_leaks();
-    cd.finish();
+    common::remove_pod_and_finish(cd, &pod);
 }
 
 /// `ctr run --rm busybox echo hi` prints hi (the non-CRI path).
@@ -325,24 +272,18 @@ fn ctr_pids(handler: &str) {
 
 /// A container over its memory limit is reported OOMKilled.
 fn oom_killed(handler: &str) {
-    let Some(cd) = common::start(handler) else {
-        return;
-    };
-    let cri = cd.cri();
-    let pod = cri.run_pod_sandbox(handler, "oom").expect("pod");
-    let spec = ContainerSpec::sh(
-        "oom",
-        "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived ${#x}",
-    )
-    .memory_limit(16 << 20);
-    let id = cri.run_container(&pod, &spec).expect("container");
-    let st = cri
-        .wait_for_exited(&id, Duration::from_secs(60))
-        .expect("exited");
-    assert_eq!(st.reason, "OOMKilled", "status {st:?}");
-    assert_eq!(st.exit_code, 137, "status {st:?}");
-    cri.stop_pod(&pod.id).expect("stop pod");
-    cri.remove_pod(&pod.id).expect("remove pod");
-    cd.assert_no_leaks();
-    cd.finish();
+    common::in_pod(handler, "oom", |cd, pod| {
+        let cri = cd.cri();
+        let spec = ContainerSpec::sh(
+            "oom",
+            "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived ${#x}",
+        )
+        .memory_limit(16 << 20);
+        let id = cri.run_container(pod, &spec).expect("container");
+        let st = cri
+            .wait_for_exited(&id, Duration::from_secs(60))
+            .expect("exited");
+        assert_eq!(st.reason, "OOMKilled", "status {st:?}");
+        assert_eq!(st.exit_code, 137, "status {st:?}");
+    });
 }
