@@ -415,6 +415,9 @@ impl Containerd {
 
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Before the instance directory exists: a missing containerd leaves nothing.
+        let containerd_bin = selected_containerd_bin(&opts);
+        let containerd_version = containerd_version(&containerd_bin)?;
         let tag = format!("{DIR_PREFIX}{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(&tag);
         if dir.exists() {
@@ -434,8 +437,6 @@ impl Containerd {
                 body.replace("{dir}", &dir.to_string_lossy()),
             )?;
         }
-        let containerd_bin = selected_containerd_bin(&opts);
-        let containerd_version = containerd_version(&containerd_bin)?;
         if let Some(runc) = selected_runc_bin(&opts) {
             std::os::unix::fs::symlink(&runc, dir.join("bin").join("runc"))?;
         }
