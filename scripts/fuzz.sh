@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the decoding of runtime options and brisk.toml, and the parsing of
+# Fuzzes the decoding of runtime options, brisk.toml and OCI specs (a bundle's
+# config.json, an exec's process spec), and the parsing of
 # runc's JSON output, each target for a bounded time:
 #   ./scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 60)
 # Uses a nightly toolchain when rustup has one, else stable with
@@ -18,7 +19,7 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
 else
     export RUSTC_BOOTSTRAP=1
 fi
-for target in runtime_options brisk_toml runc_output; do
+for target in runtime_options brisk_toml runc_output oci_spec; do
     mkdir -p "corpus/$target"
     echo "== fuzz $target for ${secs}s"
     cargo "${toolchain[@]}" fuzz run "$target" "corpus/$target" "seeds/$target" -- \
