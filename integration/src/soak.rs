@@ -136,6 +136,13 @@ fn run_on(cd: &Containerd, p: &SoakParams, started: Instant) -> Result<SoakRepor
     let errors = Mutex::new(Vec::new());
     let mut report = SoakReport::default();
 
+    // Each task's script: run for `task_runs`, then exit with its code.
+    let sleep = if p.task_runs.is_zero() {
+        String::new()
+    } else {
+        format!("sleep {}; ", p.task_runs.as_secs_f64())
+    };
+    let sleep = sleep.as_str();
     std::thread::scope(|s| {
         let lister = s.spawn(|| scenario::list_loop(cri, &stop));
         let updater = s.spawn(|| {
@@ -200,15 +207,8 @@ fn run_on(cd: &Containerd, p: &SoakParams, started: Instant) -> Result<SoakRepor
                 s.spawn(move || {
                     for t in 0..p.tasks_per_pod {
                         let code = (t % 4) as i32;
-                        let run = p.task_runs.as_secs_f64();
-                        let spec = if run > 0.0 {
-                            ContainerSpec::sh(
-                                &format!("t{t}"),
-                                &format!("sleep {run}; exit {code}"),
-                            )
-                        } else {
-                            ContainerSpec::sh(&format!("t{t}"), &format!("exit {code}"))
-                        };
+                        let spec =
+                            ContainerSpec::sh(&format!("t{t}"), &format!("{sleep}exit {code}"));
                         let r = (|| -> Result<()> {
                             let id = cri.run_container(pod, &spec)?;
                             running.lock().unwrap().insert(id.clone());

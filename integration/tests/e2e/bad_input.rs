@@ -670,11 +670,7 @@ impl CriCase {
     }
 
     fn finish(self) {
-        let cri = self.cd.cri();
-        common::stop_pod(cri, &self.pod.id);
-        cri.remove_pod(&self.pod.id).expect("remove pod");
-        self.cd.assert_no_leaks();
-        self.cd.finish();
+        common::remove_pod_and_finish(self.cd, &self.pod);
     }
 }
 

@@ -174,19 +174,3 @@ pub fn wrapper_options() -> Options {
         ..Default::default()
     }
 }
-
-/// StopPodSandbox, retried (as kubelet does) when it fails with `ttrpc:
-/// closed`: a brisk shim bug makes a Kill that races with the container's
-/// exit fail that way (see `lock::stop_container_while_runc_kill_answers_late`).
-pub fn stop_pod(cri: &brisk_integration::Cri, pod_id: &str) {
-    for attempt in 1..=3 {
-        match cri.stop_pod(pod_id) {
-            Ok(()) => return,
-            Err(e) if attempt < 3 && format!("{e:#}").contains("ttrpc: closed") => {
-                eprintln!("StopPodSandbox attempt {attempt}: {e:#}; retrying");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) => panic!("StopPodSandbox {pod_id}: {e:#}"),
-        }
-    }
-}

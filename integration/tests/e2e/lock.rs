@@ -258,10 +258,7 @@ fn hung_runc_blocks_no_other_call() {
         .expect("a EXITED once runc delete is released");
     assert_eq!(st.exit_code, 137);
     drop(shim);
-    common::stop_pod(cri, &pod.id);
-    cri.remove_pod(&pod.id).expect("remove pod");
-    cd.assert_no_leaks();
-    cd.finish();
+    common::remove_pod_and_finish(cd, &pod);
 }
 
 /// A pod on brisk, through the runc wrapper, with a container that stays
@@ -313,11 +310,8 @@ impl Victim {
             .exec_sync(&self.keep, &["echo", "ok"], Duration::from_secs(10))
             .expect("ExecSync in the other container");
         assert_eq!(r.stdout_str(), "ok\n");
-        common::stop_pod(cri, &self.pod.id);
-        cri.remove_pod(&self.pod.id).expect("remove pod");
-        self.cd.assert_no_leaks();
         drop(self.wrapper);
-        self.cd.finish();
+        common::remove_pod_and_finish(self.cd, &self.pod);
     }
 }
 

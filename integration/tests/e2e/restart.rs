@@ -150,10 +150,7 @@ fn containerd_restart_reconnects_tasks() {
         .exec_sync(&run, &["echo", "again"], Duration::from_secs(10))
         .expect("ExecSync after the second restart");
     assert_eq!(r.stdout_str(), "again\n");
-    common::stop_pod(cri, &pod.id);
-    cri.remove_pod(&pod.id).expect("remove pod");
-    cd.assert_no_leaks();
-    cd.finish();
+    common::remove_pod_and_finish(cd, &pod);
 }
 
 /// A container exits while containerd is down; after containerd is back,
@@ -194,10 +191,7 @@ fn container_exits_while_containerd_is_down() {
         .exec_sync(&keep, &["echo", "ok"], Duration::from_secs(10))
         .expect("ExecSync");
     assert_eq!(r.stdout_str(), "ok\n");
-    common::stop_pod(cri, &pod.id);
-    cri.remove_pod(&pod.id).expect("remove pod");
-    cd.assert_no_leaks();
-    cd.finish();
+    common::remove_pod_and_finish(cd, &pod);
 }
 
 /// containerd restarted about 2 s after a container exits, while the shim's
@@ -244,7 +238,7 @@ fn restart_during_delayed_unmount(handler: &str) {
         (again.state, again.exit_code),
         (ContainerState::ContainerExited as i32, 5)
     );
-    common::stop_pod(cri, &pod.id);
+    cri.stop_pod(&pod.id).expect("stop pod");
     cri.remove_pod(&pod.id).expect("remove pod");
     cd.wait_no_leaks(Duration::from_secs(60))
         .expect("no leaks after the delayed unmounts");

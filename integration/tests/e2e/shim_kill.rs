@@ -171,7 +171,7 @@ fn shim_sigkill_with_exiting_container_brisk() {
         ContainerState::ContainerRunning as i32
     );
     for p in [&pod.id, &pod2.id] {
-        common::stop_pod(cri, p);
+        cri.stop_pod(p).expect("StopPodSandbox");
         cri.remove_pod(p).expect("RemovePodSandbox");
     }
     cd.assert_no_leaks();
