@@ -160,6 +160,11 @@ pub struct Containerd {
     /// The `ctr` of the same release.
     pub ctr_bin: PathBuf,
     child: Option<Child>,
+    /// The datagram socket containerd gets as `NOTIFY_SOCKET`, as systemd
+    /// gives it to a `Type=notify` service. containerd passes its
+    /// environment to every shim, so each test sees what a node whose
+    /// containerd runs under systemd sees.
+    notify: Option<std::os::unix::net::UnixDatagram>,
     cri: Option<Cri>,
     sockets: Mutex<BTreeSet<PathBuf>>,
     ids: Mutex<BTreeSet<(String, String)>>,
@@ -455,6 +460,7 @@ impl Containerd {
             containerd_bin,
             containerd_version,
             child: None,
+            notify: None,
             cri: None,
             sockets: Mutex::new(BTreeSet::new()),
             ids: Mutex::new(BTreeSet::new()),
@@ -497,10 +503,12 @@ impl Containerd {
         let path = format!("{}:{release}{inherited}", self.dir.join("bin").display());
         // A socket file left by an earlier run would pass for readiness.
         let _ = fs::remove_file(&self.socket);
+        let notify = self.notify_socket()?;
         let mut cmd = Command::new(&self.containerd_bin);
         cmd.arg("--config")
             .arg(self.dir.join("config.toml"))
             .env("PATH", path)
+            .env("NOTIFY_SOCKET", &notify)
             .env_remove("CONTAINERD_ADDRESS")
             .env_remove("CONTAINERD_NAMESPACE")
             .stdin(Stdio::null())
@@ -552,6 +560,7 @@ impl Containerd {
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
+        self.wait_notified_ready(Duration::from_secs(30))?;
         if let Some(old) = self.cri.take() {
             let carried =
                 std::mem::take(&mut *old.tracked().lock().unwrap_or_else(|e| e.into_inner()));
@@ -559,6 +568,52 @@ impl Containerd {
         }
         self.cri = Some(cri);
         Ok(())
+    }
+
+    /// The path of the notify socket, bound on first use and kept across
+    /// restarts (systemd keeps its own too).
+    fn notify_socket(&mut self) -> Result<PathBuf> {
+        let path = self.dir.join("notify.sock");
+        if self.notify.is_none() {
+            let _ = fs::remove_file(&path);
+            let sock = std::os::unix::net::UnixDatagram::bind(&path)
+                .with_context(|| format!("bind {}", path.display()))?;
+            sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+            self.notify = Some(sock);
+        }
+        Ok(path)
+    }
+
+    /// Wait for containerd's `READY=1` on the notify socket: proof that it
+    /// runs with `NOTIFY_SOCKET` as under systemd (and so do its shims).
+    fn wait_notified_ready(&self, timeout: Duration) -> Result<()> {
+        let Some(sock) = &self.notify else {
+            bail!("no notify socket");
+        };
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            match sock.recv(&mut buf) {
+                Ok(n)
+                    if String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .any(|l| l == "READY=1") =>
+                {
+                    return Ok(())
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e).context("read the notify socket"),
+            }
+        }
+        bail!(
+            "containerd sent no READY=1 to NOTIFY_SOCKET within {timeout:?}:\n{}",
+            sys::tail_file(&self.log_path, 40)
+        )
     }
 
     /// Stop containerd (SIGTERM to its pid, SIGKILL after 10 s) and leave its
