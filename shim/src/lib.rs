@@ -10,13 +10,13 @@
 //!   the state machine of each process.
 //! - [`reaper`]: the only `waitpid` of the shim.
 //! - [`detached`]: unmounts and `runc delete`s no call waits for.
-//! - [`rootfs`], [`stdio`], [`cgroup_metrics`], [`events`], [`config`]: the parts.
+//! - [`rootfs`], [`stdio`], [`cgroup`], [`events`], [`config`]: the parts.
 #![warn(clippy::await_holding_lock)]
 
 pub mod bootstrap;
 pub mod bundle_spec;
 pub mod canary;
-pub mod cgroup_metrics;
+pub mod cgroup;
 pub mod config;
 pub mod container;
 pub mod dead_shim;
