@@ -188,6 +188,18 @@ fn measure(cd: &Containerd, handler: &str, args: &Args) -> Result<Density> {
     Ok(d)
 }
 
+/// A row of the report: its name, its value of one handler, its decimals.
+type Metric = (&'static str, fn(&Density) -> f64, usize);
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// `n` events over all shims, per shim and minute of the idle time.
+fn per_min(n: u64, d: &Density) -> f64 {
+    n as f64 / d.shims.max(1) as f64 * 60.0 / d.idle_secs
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     report::require_shim_built(args.handlers.iter().map(String::as_str))?;
@@ -200,27 +212,21 @@ fn main() -> Result<()> {
     cd.assert_no_leaks();
     cd.finish();
 
-    let per_min = |n: u64, d: &Density| n as f64 / d.shims.max(1) as f64 * 60.0 / d.idle_secs;
-    let mib = |kib: u64| kib as f64 / 1024.0;
-    let rows: Vec<(&str, Box<dyn Fn(&Density) -> f64>, usize)> = vec![
-        ("shims", Box::new(|d| d.shims as f64), 0),
-        ("start all pods (s)", Box::new(|d| d.start_secs), 1),
-        ("shim RSS, sum (MiB)", Box::new(move |d| mib(d.rss_kib)), 1),
-        ("shim PSS, sum (MiB)", Box::new(move |d| mib(d.pss_kib)), 1),
-        (
-            "containerd RSS (MiB)",
-            Box::new(move |d| mib(d.containerd_rss_kib)),
-            1,
-        ),
-        ("idle CPU, all shims (ms)", Box::new(|d| d.idle_cpu_ms), 0),
+    let rows: [Metric; 8] = [
+        ("shims", |d| d.shims as f64, 0),
+        ("start all pods (s)", |d| d.start_secs, 1),
+        ("shim RSS, sum (MiB)", |d| mib(d.rss_kib), 1),
+        ("shim PSS, sum (MiB)", |d| mib(d.pss_kib), 1),
+        ("containerd RSS (MiB)", |d| mib(d.containerd_rss_kib), 1),
+        ("idle CPU, all shims (ms)", |d| d.idle_cpu_ms, 0),
         (
             "idle voluntary switches per shim per min",
-            Box::new(move |d| per_min(d.idle_voluntary, d)),
+            |d| per_min(d.idle_voluntary, d),
             2,
         ),
         (
             "idle involuntary switches per shim per min",
-            Box::new(move |d| per_min(d.idle_involuntary, d)),
+            |d| per_min(d.idle_involuntary, d),
             2,
         ),
     ];
@@ -237,7 +243,7 @@ fn main() -> Result<()> {
         println!("{line}");
     }
     for (name, get, decimals) in &rows {
-        let values: Vec<f64> = results.iter().map(|d| get(d)).collect();
+        let values: Vec<f64> = results.iter().map(get).collect();
         let mut cells: Vec<String> = vec![name.to_string()];
         cells.extend(values.iter().map(|v| format!("{v:.decimals$}")));
         if let [a, b] = values[..] {
