@@ -80,11 +80,7 @@ fn containerds() -> Vec<PathBuf> {
                 t.display()
             );
         } else if require {
-            panic!(
-                "{} missing: run {script} {}",
-                tree.display(),
-                dir.display()
-            );
+            panic!("{} missing: run {script} {}", tree.display(), dir.display());
         } else {
             eprintln!(
                 "containerd {release} not in {}: skipping it ({script})",
