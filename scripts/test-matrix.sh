@@ -81,6 +81,19 @@ done
 cargo build --release --workspace --quiet
 logs=$ROOT/target/test-matrix
 mkdir -p "$logs"
+# The e2e and deploy test binaries, built once; every lane runs them
+# directly, as cargo would (from the package directory). A cargo invocation
+# per lane would check the build again each time, or redo it where a build
+# script reruns.
+built=$(cargo test --release -p brisk-integration --test e2e --test deploy --no-run 2>&1) ||
+    { echo "$built" >&2; exit 1; }
+declare -A TEST_BIN=()
+while read -r name path; do
+    TEST_BIN[$name]=$ROOT/$path
+done < <(sed -nE 's#^ *Executable tests/(e2e|deploy)\.rs \((.*)\)$#\1 \2#p' <<<"$built")
+for t in e2e deploy; do
+    [[ -x ${TEST_BIN[$t]:-} ]] || { echo "test-matrix: no $t test binary in cargo's output:" >&2; echo "$built" >&2; exit 1; }
+done
 rows=()
 status=0
 
@@ -102,12 +115,16 @@ for c in "${CONTAINERD_ORDER[@]}"; do
         echo "== containerd $c + runc $r (log: $log)"
         started=$SECONDS
         rc=0
-        {
-            BRISK_CONTAINERD_BIN=${CONTAINERD[$c]} BRISK_RUNC_BIN=${RUNC[$r]} \
-                cargo test --release -p brisk-integration --test e2e -- lifecycle:: exiting:: features:: || rc=1
-            BRISK_CONTAINERD_BIN=${CONTAINERD[$c]} BRISK_RUNC_BIN=${RUNC[$r]} \
-                cargo test --release -p brisk-integration --test deploy -- --exact selected_binaries_serve_the_pods || rc=1
-        } >"$log" 2>&1
+        (
+            cd "$ROOT/integration"
+            export BRISK_CONTAINERD_BIN=${CONTAINERD[$c]} BRISK_RUNC_BIN=${RUNC[$r]}
+            rc=0
+            echo "+ e2e lifecycle:: exiting:: features::"
+            "${TEST_BIN[e2e]}" lifecycle:: exiting:: features:: || rc=1
+            echo "+ deploy --exact selected_binaries_serve_the_pods"
+            "${TEST_BIN[deploy]}" --exact selected_binaries_serve_the_pods || rc=1
+            exit "$rc"
+        ) >"$log" 2>&1 || rc=1
         secs=$((SECONDS - started))
         passed=$(sed -nE 's/^test (.*) \.\.\. ok$/\1/p' "$log" | sort)
         failed=$(sed -nE 's/^test (.*) \.\.\. FAILED$/\1/p' "$log" | sort)
@@ -116,8 +133,8 @@ for c in "${CONTAINERD_ORDER[@]}"; do
         [[ -z $passed ]] || n_pass=$(wc -l <<<"$passed")
         [[ -z $failed ]] || n_fail=$(wc -l <<<"$failed")
         result=pass
-        # A cargo test that failed without a failing test (a build error, a
-        # crash of the test binary) fails the lane too.
+        # A test binary that failed without a failing test (a crash, a
+        # harness error) fails the lane too.
         ((rc == 0 && n_fail == 0)) || result=FAIL
         echo "   $result in ${secs}s: $n_pass passed, $n_fail failed${failed:+: $failed_list}"
         if [[ $result == FAIL ]]; then
