@@ -90,7 +90,7 @@ built=$(cargo test --release -p brisk-integration --test e2e --test deploy --no-
 declare -A TEST_BIN=()
 while read -r name path; do
     TEST_BIN[$name]=$ROOT/$path
-done < <(sed -nE 's#^ *Executable tests/(e2e|deploy)\.rs \((.*)\)$#\1 \2#p' <<<"$built")
+done < <(sed -nE 's#^ *Executable tests/(e2e|deploy)(/main)?\.rs \((.*)\)$#\1 \3#p' <<<"$built")
 for t in e2e deploy; do
     [[ -x ${TEST_BIN[$t]:-} ]] || { echo "test-matrix: no $t test binary in cargo's output:" >&2; echo "$built" >&2; exit 1; }
 done

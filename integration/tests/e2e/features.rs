@@ -280,28 +280,28 @@ fn ctr_pids(handler: &str) {
         "ps",
         &["sh", "-c", "sleep 1000 & sleep 1001 & wait"],
     );
+    // A forked child shows its parent's command line until it has exec'd
+    // sleep: wait for the command lines, not only for three pids.
+    let want = vec![
+        "sh -c sleep 1000 & sleep 1001 & wait".to_string(),
+        "sleep 1000".to_string(),
+        "sleep 1001".to_string(),
+    ];
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let pids = loop {
+    let (pids, cmds) = loop {
         let pids = ctr.task_pids("ps").expect("ctr tasks ps");
-        if pids.len() >= 3 || std::time::Instant::now() > deadline {
-            break pids;
+        let mut cmds: Vec<String> = pids
+            .iter()
+            .map(|&p| sys::cmdline(p).unwrap_or_default().join(" "))
+            .collect();
+        cmds.sort();
+        if cmds == want || std::time::Instant::now() > deadline {
+            break (pids, cmds);
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(pids.len(), 3, "pids {pids:?}");
-    let mut cmds: Vec<String> = pids
-        .iter()
-        .map(|&p| sys::cmdline(p).unwrap_or_default().join(" "))
-        .collect();
-    cmds.sort();
-    assert_eq!(
-        cmds,
-        vec![
-            "sh -c sleep 1000 & sleep 1001 & wait",
-            "sleep 1000",
-            "sleep 1001"
-        ]
-    );
+    assert_eq!(cmds, want, "pids {pids:?}");
     common::ctr_remove(&ctr, "ps");
     cd.assert_no_leaks();
     cd.finish();
