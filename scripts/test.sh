@@ -16,14 +16,19 @@ echo "== cargo build --release --workspace"
 cargo build --release --workspace
 
 # The containerd/runc releases of the compatibility matrix (cached in
-# target/containerd-versions); tests/deploy.rs loads the config snippets
-# into each. BRISK_SKIP_MATRIX=1 skips fetching them and the matrix.
+# target/containerd-versions): fetched from Debian's later suites (1.7, 2.1,
+# runc 1.3) and built from the source tarballs in ../shared/containerd-src
+# (2.2, 2.3; skipped with a message where those are absent). tests/deploy.rs
+# loads the config snippets into each. BRISK_SKIP_MATRIX=1 skips them and
+# the matrix.
 matrix=1
 [[ $(id -u) -eq 0 && -z ${BRISK_SKIP_MATRIX:-} && -z ${BRISK_SKIP_INTEGRATION:-} ]] || matrix=0
 if ((matrix)); then
     echo "== scripts/fetch-containerd-versions.sh"
     export BRISK_CONTAINERD_VERSIONS_DIR=${BRISK_CONTAINERD_VERSIONS_DIR:-$ROOT/target/containerd-versions}
     "$ROOT/scripts/fetch-containerd-versions.sh" "$BRISK_CONTAINERD_VERSIONS_DIR"
+    echo "== scripts/build-containerd-from-source.sh"
+    "$ROOT/scripts/build-containerd-from-source.sh" "$BRISK_CONTAINERD_VERSIONS_DIR"
     export BRISK_REQUIRE_CONTAINERD_VERSIONS=1
 fi
 
@@ -38,7 +43,7 @@ if (($# == 0)) && [[ $(id -u) -eq 0 && -z ${BRISK_SKIP_INTEGRATION:-} ]]; then
         "$ROOT/scripts/test-deb.sh" || status=1
     fi
     if ((matrix)); then
-        echo "== scripts/test-matrix.sh --skip-default (containerd 1.6/1.7/2.1 x runc 1.1/1.3)"
+        echo "== scripts/test-matrix.sh --skip-default (containerd 1.6/1.7/2.1/2.2/2.3 x runc 1.1/1.3)"
         "$ROOT/scripts/test-matrix.sh" --skip-default || status=1
     fi
 fi

@@ -5,10 +5,13 @@
 //! manifests are what they claim, and the containerd and runc a run selected
 //! (`BRISK_CONTAINERD_BIN`, `BRISK_RUNC_BIN`) are the ones serving the pods.
 //!
-//! containerd 1.7 and 2.x come from `scripts/fetch-containerd-versions.sh DIR`
-//! with `BRISK_CONTAINERD_VERSIONS_DIR=DIR` (default
-//! `<workspace>/target/containerd-versions`); the releases not fetched are
-//! skipped with a message, unless `BRISK_REQUIRE_CONTAINERD_VERSIONS=1`.
+//! containerd 1.7 and 2.1 come from `scripts/fetch-containerd-versions.sh
+//! DIR`, 2.2 and 2.3 from `scripts/build-containerd-from-source.sh DIR`, with
+//! `BRISK_CONTAINERD_VERSIONS_DIR=DIR` (default
+//! `<workspace>/target/containerd-versions`); the releases not there are
+//! skipped with a message, unless `BRISK_REQUIRE_CONTAINERD_VERSIONS=1`
+//! (which requires 2.2 and 2.3 only where their source tarballs are, as the
+//! build script skips them otherwise).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -32,8 +35,18 @@ fn versions_dir() -> PathBuf {
     }
 }
 
-/// The containerd binaries to check the snippets with: Debian 12's, and the
-/// fetched releases.
+/// Where `scripts/build-containerd-from-source.sh` looks for the source
+/// tarballs: `$BRISK_CONTAINERD_SRC`, else `../shared/containerd-src` beside
+/// the workspace.
+fn containerd_src_dir() -> PathBuf {
+    match std::env::var_os("BRISK_CONTAINERD_SRC") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => workspace_root().join("../shared/containerd-src"),
+    }
+}
+
+/// The containerd binaries to check the snippets with: Debian 12's, the
+/// fetched releases and the ones built from source.
 fn containerds() -> Vec<PathBuf> {
     let mut out = Vec::new();
     let system = Path::new("/usr/bin/containerd");
@@ -44,20 +57,33 @@ fn containerds() -> Vec<PathBuf> {
     }
     let require = std::env::var_os("BRISK_REQUIRE_CONTAINERD_VERSIONS").is_some();
     let dir = versions_dir();
-    for release in ["containerd-1.7.24", "containerd-2.1.9"] {
-        let tree = dir.join(release);
+    let src = containerd_src_dir();
+    // (release, where its source tarball must be for it to be required)
+    let releases = [
+        ("1.7.24", None),
+        ("2.1.9", None),
+        ("2.2.7", Some(src.join("containerd-2.2.7.tar.xz"))),
+        ("2.3.4", Some(src.join("containerd-2.3.4.tar.xz"))),
+    ];
+    for (release, tarball) in releases {
+        let tree = dir.join(format!("containerd-{release}"));
         let bin = tree.join("usr/bin/containerd");
+        let script = match tarball {
+            None => "scripts/fetch-containerd-versions.sh",
+            Some(_) => "scripts/build-containerd-from-source.sh",
+        };
         if tree.join(".complete").exists() && bin.is_file() {
             out.push(bin);
-        } else if require {
-            panic!(
-                "{} missing: run scripts/fetch-containerd-versions.sh {}",
-                tree.display(),
-                dir.display()
+        } else if let Some(t) = tarball.as_ref().filter(|t| !t.is_file()) {
+            eprintln!(
+                "containerd {release}: no source tarball {}: skipping it ({script})",
+                t.display()
             );
+        } else if require {
+            panic!("{} missing: run {script} {}", tree.display(), dir.display());
         } else {
             eprintln!(
-                "{release} not fetched into {}: skipping it (scripts/fetch-containerd-versions.sh)",
+                "containerd {release} not in {}: skipping it ({script})",
                 dir.display()
             );
         }
@@ -139,10 +165,11 @@ fn dump(containerd: &Path, config: &Path) -> toml::Value {
     toml::from_str(&stdout).unwrap_or_else(|e| panic!("config dump is not TOML ({e}):\n{stdout}"))
 }
 
-/// CRI's `containerd` table in a dumped config (of any version).
+/// CRI's `containerd` table in a dumped config (of any version: 2.x dumps
+/// version 3, 2.3 version 4, both with CRI split into its v1 plugins).
 fn cri_containerd(dumped: &toml::Value) -> &toml::Value {
     let version = dumped.get("version").and_then(|v| v.as_integer());
-    let plugin = if version == Some(3) {
+    let plugin = if version.is_some_and(|v| v >= 3) {
         "io.containerd.cri.v1.runtime"
     } else {
         "io.containerd.grpc.v1.cri"
