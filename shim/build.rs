@@ -14,8 +14,14 @@ fn main() {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=BRISK_GIT_COMMIT={commit}");
-    println!("cargo:rerun-if-changed=../.git/HEAD");
-    println!("cargo:rerun-if-changed=../.git/refs/heads");
+    // Asked of git: in a worktree `.git` is a file, and a path that never
+    // exists would rerun this script, and rebuild the shim, every time.
+    for p in ["HEAD", "refs/heads"] {
+        if let Some(path) = git_path(p) {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    println!("cargo:rerun-if-changed=proto");
 
     // The lite runtime: plain messages without descriptors or reflection,
     // which the shim never uses and would pay for in every pod's RSS.
@@ -26,4 +32,14 @@ fn main() {
         .customize(protobuf_codegen::Customize::default().lite_runtime(true))
         .cargo_out_dir("protos")
         .run_from_script();
+}
+
+fn git_path(p: &str) -> Option<String> {
+    let out = Command::new("git")
+        .args(["rev-parse", "--path-format=absolute", "--git-path", p])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    std::path::Path::new(&path).exists().then_some(path)
 }

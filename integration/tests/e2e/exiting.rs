@@ -152,11 +152,7 @@ fn run_scenario(handler: &str) -> Option<Outcome> {
 #[test]
 fn exiting_container_does_not_stall_cri() {
     // Stock first: proves the scenario reproduces the harm this test is
-    // about. Up to containerd 2.2, CRI's Update holds the container's status
-    // lock while it waits for the shim, and ListContainers stalls behind it.
-    // From 2.3 CRI gives up on the shim's task after its deadline instead:
-    // ListContainers goes on, but the Updates fail (DeadlineExceeded, an
-    // error kubelet reports) and EXITED waits for the unmount.
+    // about, in the form the release shows it (see the module doc).
     let Some(stock) = run_scenario(RUNC_HANDLER) else {
         return;
     };
