@@ -5,6 +5,7 @@
 //! wait for runc by pid: an [`ExitWatch`] supplied by the caller reports the
 //! exit status, so it works inside a subreaper that reaps with `waitpid(-1)`.
 
+mod api;
 mod error;
 mod spawn;
 mod types;
@@ -22,6 +23,7 @@ use oci_spec::runtime::LinuxResources;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
+pub use api::RuncApi;
 pub use error::{Result, RuncError};
 pub use spawn::{DirectWait, ExitWatch};
 pub use types::{

@@ -1,21 +1,23 @@
-//! What the shim knows about one container: its init process, its execs and
-//! where its files are. Guarded by a plain mutex that is only ever held for a
-//! few lines and never across an await: runc calls and I/O happen outside.
+//! What the shim knows about one container: its init process, its execs,
+//! where its files are and its life (`container_state`). Guarded by a plain
+//! mutex that is only ever held for a few lines and never across an await:
+//! runc calls and I/O happen outside.
 
 use std::{
     collections::HashMap,
     fs::File,
     path::PathBuf,
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
-use crate::bundle_spec::ExecProcessSpec;
-use runc_wrapper::Runc;
+use runc_wrapper::RuncApi;
 use tokio::sync::watch;
 use tracing::warn;
 
 use crate::{
+    bundle_spec::ExecProcessSpec,
+    container_state::Life,
     error::{Result, ShimError},
     process_state::{Event, ExitInfo, ProcessState},
     rootfs::MountedRootfs,
@@ -36,8 +38,6 @@ pub struct Process {
     pub console: Option<File>,
     /// The exec's process spec, until Start runs it.
     pub spec: Option<ExecProcessSpec>,
-    /// Start is running runc; an exit seen meanwhile is published after TaskStart.
-    pub start_pending: bool,
     exited: watch::Sender<Option<ExitInfo>>,
 }
 
@@ -51,13 +51,12 @@ impl Process {
             held: HeldIo::default(),
             console: None,
             spec,
-            start_pending: false,
             exited: watch::channel(None).0,
         }
     }
 
-    /// Applies one event of the state machine, with side effects that must
-    /// happen together with it.
+    /// Applies one event of the process's state machine, with the side
+    /// effects that must happen together with it.
     pub fn apply(&mut self, event: Event) -> Result<()> {
         self.state = self.state.next(event, &self.id)?;
         if let Event::Exit(exit) = event {
@@ -79,20 +78,38 @@ impl Process {
 pub struct Container {
     pub id: String,
     pub bundle: PathBuf,
-    pub runc: Runc,
+    pub runc: Arc<dyn RuncApi>,
     pub init: Process,
     pub execs: HashMap<String, Process>,
-    /// The rootfs, when the shim mounted it.
-    pub rootfs: Option<MountedRootfs>,
-    /// Calls on this container still owed an answer; Delete waits for them.
-    pub calls_in_flight: usize,
-    /// The outcome of the `runc delete` started once the init's exit was
-    /// published (None while it runs; true when runc's state is gone).
-    /// Delete waits on it instead of calling runc itself.
-    pub runc_deleted: Option<watch::Receiver<Option<bool>>>,
+    /// The container's own state machine; changed only through the
+    /// transitions in `container_state`.
+    pub(crate) life: Life,
+    /// Bumped by every transition; whoever waits for one subscribes.
+    pub(crate) changed: watch::Sender<()>,
 }
 
+/// A container as the task service shares it between calls.
+pub type Shared = Arc<Mutex<Container>>;
+
 impl Container {
+    pub fn new(
+        id: String,
+        bundle: PathBuf,
+        runc: Arc<dyn RuncApi>,
+        init: Process,
+        rootfs: Option<MountedRootfs>,
+    ) -> Self {
+        Container {
+            id,
+            bundle,
+            runc,
+            init,
+            execs: HashMap::new(),
+            life: Life::created(rootfs),
+            changed: watch::channel(()).0,
+        }
+    }
+
     /// The init for an empty exec id, otherwise that exec.
     pub fn process(&self, exec_id: &str) -> Result<&Process> {
         if exec_id.is_empty() {
@@ -132,6 +149,11 @@ impl Container {
     pub fn has_running_execs(&self) -> bool {
         self.execs.values().any(|p| p.state.is_alive() && p.pid > 0)
     }
+
+    /// A receiver that sees every later transition of this container.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
 }
 
 /// A lock wait longer than this is logged: it should never happen, since
@@ -147,4 +169,30 @@ pub fn lock(c: &Mutex<Container>) -> MutexGuard<'_, Container> {
         warn!(id = %guard.id, ?waited, "slow container lock wait");
     }
     guard
+}
+
+/// Waits until `ready` holds for the container, re-checking at each of its
+/// transitions (no polling), or until `bound` passes. Returns what `ready`
+/// returned last: Some when it held.
+pub async fn wait_until<T>(
+    c: &Mutex<Container>,
+    bound: Duration,
+    mut ready: impl FnMut(&Container) -> Option<T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let mut changed = {
+            let g = lock(c);
+            if let Some(v) = ready(&g) {
+                return Some(v);
+            }
+            g.subscribe()
+        };
+        // The receiver was made under the lock after the check: any later
+        // transition wakes it.
+        match tokio::time::timeout_at(deadline, changed.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => return ready(&lock(c)),
+        }
+    }
 }

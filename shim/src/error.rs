@@ -50,6 +50,10 @@ pub enum ShimError {
     #[error(transparent)]
     Runc(#[from] RuncError),
 
+    /// The shim decided to exit; it takes no new container.
+    #[error("the shim is shutting down")]
+    ShuttingDown,
+
     #[error("{0} is not supported by brisk")]
     Unimplemented(&'static str),
 
@@ -87,6 +91,7 @@ impl ShimError {
                 Code::INVALID_ARGUMENT
             }
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
+            ShimError::ShuttingDown => Code::UNAVAILABLE,
             ShimError::Runc(e) if e.is_not_found() => Code::NOT_FOUND,
             ShimError::Runc(RuncError::Timeout { .. }) => Code::DEADLINE_EXCEEDED,
             ShimError::Runc(RuncError::Spawn { .. }) => Code::FAILED_PRECONDITION,

@@ -3,9 +3,11 @@
 //!
 //! Where to look:
 //! - [`bootstrap`]: `start`, `delete` and serving, as containerd runs the binary.
-//! - [`task_service`]: the Task API handlers.
-//! - [`container`] and [`process_state`]: what is known about each container and
-//!   the state machine of each process.
+//! - [`task_service`]: the Task API, one module per lifecycle step.
+//! - [`container`], [`container_state`] and [`process_state`]: what is known
+//!   about each container, the state machine of each container and that of
+//!   each process.
+//! - [`platform`]: what the service asks of the machine (runc, mounts).
 //! - [`reaper`]: the only `waitpid` of the shim.
 //! - [`detached`]: unmounts and `runc delete`s no call waits for.
 //! - [`rootfs`], [`stdio`], [`cgroup_metrics`], [`events`], [`config`]: the parts.
@@ -17,14 +19,16 @@ pub mod canary;
 pub mod cgroup_metrics;
 pub mod config;
 pub mod container;
+pub mod container_state;
 pub mod detached;
 pub mod doctor;
 pub mod error;
 pub mod events;
 pub mod logging;
+pub mod platform;
 pub mod process_state;
 pub mod reaper;
 pub mod rootfs;
-pub mod stdio;
 pub mod task_service;
+pub mod stdio;
 pub mod volatile;

@@ -28,6 +28,16 @@ pub struct ExitInfo {
     pub at: SystemTime,
 }
 
+impl ExitInfo {
+    /// What is reported for a process that never ran: status 0, now.
+    pub fn now() -> Self {
+        ExitInfo {
+            status: 0,
+            at: SystemTime::now(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcessState {
     /// runc created it (init) or the exec was registered; not started.
