@@ -193,7 +193,9 @@ impl Container {
                 self.life.phase = Phase::Running;
             }
             Phase::Starting => self.life.phase = Phase::Created,
-            Phase::Exited { start_pending: true } => {
+            Phase::Exited {
+                start_pending: true,
+            } => {
                 self.life.phase = Phase::Exited {
                     start_pending: false,
                 }
@@ -225,7 +227,11 @@ impl Container {
         let event = if frozen { Event::Pause } else { Event::Resume };
         self.init.state.next(event, &self.id)?;
         if self.life.freezing {
-            return Err(refused(&self.id, "pause or resume", "being paused or resumed"));
+            return Err(refused(
+                &self.id,
+                "pause or resume",
+                "being paused or resumed",
+            ));
         }
         self.life.freezing = true;
         Ok(())

@@ -29,6 +29,6 @@ pub mod platform;
 pub mod process_state;
 pub mod reaper;
 pub mod rootfs;
-pub mod task_service;
 pub mod stdio;
+pub mod task_service;
 pub mod volatile;

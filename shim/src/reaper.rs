@@ -111,7 +111,9 @@ impl Reaper {
         }
     }
 
-    fn deliver(&self, exit: Exit) {
+    /// Hands an exit to whoever watches its pid, or keeps it for a watch
+    /// to come.
+    pub fn deliver(&self, exit: Exit) {
         let now = Instant::now();
         let mut t = self.table.lock().unwrap();
         if let Some((_, tx)) = t.watchers.remove(&exit.pid) {

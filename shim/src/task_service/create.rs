@@ -93,7 +93,9 @@ async fn undo(
     if let Some(r) = rootfs {
         let _ = tokio::task::spawn_blocking(move || match platform.unmount(&r.target) {
             Ok(_) => volatile::clear_markers(&r.volatile_workdirs),
-            Err(e) => warn!(target = %r.target.display(), error = %e, "unmount after a failed create"),
+            Err(e) => {
+                warn!(target = %r.target.display(), error = %e, "unmount after a failed create")
+            }
         })
         .await;
     }

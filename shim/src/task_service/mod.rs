@@ -27,6 +27,8 @@ mod start;
 mod ttrpc;
 mod update;
 
+#[cfg(test)]
+mod tests;
 
 use std::{
     sync::Arc,
@@ -123,9 +125,7 @@ impl TaskService {
 }
 
 fn timestamp(at: SystemTime) -> MessageField<Timestamp> {
-    MessageField::some(containerd_shim::util::convert_to_timestamp(Some(
-        at.into(),
-    )))
+    MessageField::some(containerd_shim::util::convert_to_timestamp(Some(at.into())))
 }
 
 /// Logs the latency of a call that containerd's CRI makes under its locks.
