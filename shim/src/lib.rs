@@ -15,13 +15,11 @@
 
 pub mod bootstrap;
 pub mod bundle_spec;
-pub mod canary;
 pub mod cgroup_metrics;
 pub mod config;
 pub mod container;
 pub mod container_state;
 pub mod detached;
-pub mod doctor;
 pub mod error;
 pub mod events;
 pub mod logging;

@@ -1,7 +1,7 @@
 //! `containerd-shim-brisk-v2`: the binary containerd runs for runtime type
 //! `io.containerd.brisk.v2`.
 
-use brisk_shim::{bootstrap::BriskShim, doctor, logging, volatile};
+use brisk_shim::{bootstrap::BriskShim, logging, volatile};
 use containerd_shim::Config;
 
 const RUNTIME_ID: &str = "io.containerd.brisk.v2";
@@ -22,9 +22,6 @@ fn main() {
         };
         println!("overlayfs volatile: {volatile}");
         return;
-    }
-    if args.get(1).map(String::as_str) == Some("doctor") {
-        std::process::exit(doctor::run_all());
     }
     let serving = !args.iter().any(|a| a == "start" || a == "delete");
     if serving {
