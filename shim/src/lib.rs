@@ -24,6 +24,7 @@ pub mod error;
 pub mod events;
 pub mod logging;
 pub mod platform;
+pub mod process_handle;
 pub mod process_state;
 pub mod reaper;
 pub mod rootfs;
