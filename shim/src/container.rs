@@ -19,6 +19,7 @@ use crate::{
     bundle_spec::ExecProcessSpec,
     container_state::Life,
     error::{Result, ShimError},
+    process_handle::ProcessHandle,
     process_state::{Event, ExitInfo, ProcessState},
     rootfs::MountedRootfs,
     stdio::{HeldIo, StdioPaths},
@@ -38,7 +39,10 @@ pub struct Process {
     pub console: Option<File>,
     /// The exec's process spec, until Start runs it.
     pub spec: Option<ExecProcessSpec>,
-    exited: watch::Sender<Option<ExitInfo>>,
+    /// An exec's pidfd while it runs: Kill signals through it.
+    pub handle: Option<ProcessHandle>,
+    /// The exit, once its TaskExit is out (or the process is deleted).
+    told: watch::Sender<Option<ExitInfo>>,
 }
 
 impl Process {
@@ -51,7 +55,8 @@ impl Process {
             held: HeldIo::default(),
             console: None,
             spec,
-            exited: watch::channel(None).0,
+            handle: None,
+            told: watch::channel(None).0,
         }
     }
 
@@ -59,17 +64,25 @@ impl Process {
     /// effects that must happen together with it.
     pub fn apply(&mut self, event: Event) -> Result<()> {
         self.state = self.state.next(event, &self.id)?;
-        if let Event::Exit(exit) = event {
-            self.held.release();
-            self.console = None;
-            self.exited.send_replace(Some(exit));
+        match event {
+            Event::Exit(_) => {
+                self.held.release();
+                self.console = None;
+                self.handle = None;
+            }
+            // Wait returns once the exit is told (or the process deleted
+            // without one), as the stock shim's does: never before.
+            Event::ExitPublished | Event::Delete if self.told.borrow().is_none() => {
+                self.told.send_replace(self.state.exit());
+            }
+            _ => {}
         }
         Ok(())
     }
 
-    /// A receiver that yields the exit once there is one (for Wait).
-    pub fn subscribe_exit(&self) -> watch::Receiver<Option<ExitInfo>> {
-        self.exited.subscribe()
+    /// A receiver that yields the exit once it is told (for Wait).
+    pub fn subscribe_told(&self) -> watch::Receiver<Option<ExitInfo>> {
+        self.told.subscribe()
     }
 }
 
@@ -81,6 +94,9 @@ pub struct Container {
     pub runc: Arc<dyn RuncApi>,
     pub init: Process,
     pub execs: HashMap<String, Process>,
+    /// The container shares a pid namespace (the pod's, the node's): at
+    /// its init's exit nothing kills the rest, so the shim does.
+    pub shares_pid_ns: bool,
     /// The container's own state machine; changed only through the
     /// transitions in `container_state`.
     pub(crate) life: Life,
@@ -105,6 +121,7 @@ impl Container {
             runc,
             init,
             execs: HashMap::new(),
+            shares_pid_ns: false,
             life: Life::created(rootfs),
             changed: watch::channel(()).0,
         }

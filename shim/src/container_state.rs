@@ -7,21 +7,23 @@
 //! changes nothing.
 //!
 //! ```text
-//!            begin_start           end_start(ok)
-//!  Created ─────────────► Starting ─────────────► Running (init running or paused;
-//!     ▲  │                 │   │                   │   begin/end_freeze while
-//!     │  │                 │   └─end_start(failed)─┘   pause/resume runs)
-//!     │  │ exited          │ exited                   │ exited
-//!     │  ▼                 ▼                          ▼
-//!     │  Exited ◄──── Exited{start pending} ◄─────────┘ (execs may still run)
-//!     │    │   end_start ──┘
-//!     │    │ take_publishable: no Start answering, no exec running
-//!     │    ▼
-//!     │  Published ── runc: Present → Removing (early runc delete)
-//!     │    │                 → runc_removed → Gone | Failed
-//!     │    │ begin_delete … commit_delete
-//!     │    ▼
-//!     └─ Deleted: out of the registry; rootfs Mounted → Unmounting
+//!                 begin_start              end_start(ok)
+//!   Created ─────────────────► Starting ────────────────► Running
+//!    │  ▲                        │  │                        │ (pause/resume: the
+//!    │  └──── end_start(failed) ─┘  │ exited                 │  init's own machine,
+//!    │ exited                       ▼                        │  begin/end_freeze)
+//!    │                Exited{start_pending} ── end_start ─┐  │ exited
+//!    ▼                                                    ▼  ▼
+//!   Exited ◄──────────────────────────────────────────────┴──┘  (execs may still run)
+//!    │ take_publishable: no Start answering, no exec running, no Delete running
+//!    ▼
+//!   Published ── runc: Present → Removing (early runc delete) → Gone | Failed
+//!    │ begin_delete: runc Removing/Gone → await it; Failed → Removing (a retry)
+//!    │ commit_delete once runc's state is gone; abort_delete: all as it was
+//!    ▼
+//!   Deleted: out of the registry; rootfs Mounted → Unmounting
+//!
+//!   Created ── begin_delete (runc delete --force) … commit_delete ──► Deleted
 //! ```
 //!
 //! Beside the phase, the container counts its calls in flight
@@ -61,10 +63,12 @@ pub enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuncState {
     Present,
-    /// The early `runc delete`, started at the published exit, runs.
+    /// A `runc delete` runs: the early one, started at the published exit,
+    /// or Delete's own.
     Removing,
     Gone,
-    /// The early `runc delete` failed; Delete reports it.
+    /// The last `runc delete` failed; Delete reports it, and a retry of
+    /// Delete runs `runc delete` again.
     Failed,
 }
 
@@ -155,7 +159,6 @@ pub struct DeletePlan {
     pub runc: RuncCleanup,
     pub pid: i32,
     pub exit: ExitInfo,
-    pub rootfs: Option<MountedRootfs>,
 }
 
 fn refused(what: &str, action: &'static str, state: &'static str) -> ShimError {
@@ -278,10 +281,13 @@ impl Container {
                 }
             }
         }
+        // While a Delete runs (of a created container, whose init its
+        // forced runc delete kills), the exit waits: told if it fails.
         let init_ready = self.life.phase
             == Phase::Exited {
                 start_pending: false,
             }
+            && !self.life.deleting
             && !self.has_running_execs();
         if init_ready {
             if let ProcessState::Exiting(exit) = self.init.state {
@@ -305,7 +311,8 @@ impl Container {
         out
     }
 
-    /// The early `runc delete` ended: runc's state is gone, or it failed.
+    /// The `runc delete` of the early delete or of Delete ended: runc's
+    /// state is gone, or it failed.
     pub fn runc_removed(&mut self, gone: bool) {
         if self.life.runc == RuncState::Removing {
             self.life.runc = if gone {
@@ -319,24 +326,29 @@ impl Container {
         }
     }
 
-    /// Delete of the container begins: refused while the init runs or
-    /// another Delete runs. The init is marked deleted and the rootfs taken
-    /// for the unmount at once.
+    /// Delete of the container begins: refused while the init runs, while
+    /// its exit is not told yet (Delete never overtakes a TaskExit; the
+    /// caller waits for the publication first) and while another Delete
+    /// runs. Nothing is committed here: a Delete that fails leaves the
+    /// container as it was, and a retry does what is left.
     pub fn begin_delete(&mut self) -> Result<DeletePlan> {
         if self.life.deleting {
             return Err(refused(&self.id, "delete", "being deleted"));
         }
-        let was_created = self.life.phase == Phase::Created;
-        self.init.apply(Event::Delete)?;
+        self.init.state.next(Event::Delete, &self.id)?;
+        if let Phase::Exited { .. } = self.life.phase {
+            return Err(refused(
+                &self.id,
+                "delete",
+                "exited with its exit not told yet",
+            ));
+        }
+        let force = self.life.phase == Phase::Created;
         let runc = match self.life.runc {
-            RuncState::Removing | RuncState::Gone | RuncState::Failed => RuncCleanup::AwaitEarly,
-            RuncState::Present => RuncCleanup::Delete { force: was_created },
-        };
-        let rootfs = match std::mem::replace(&mut self.life.rootfs, RootfsState::Unmounting) {
-            RootfsState::Mounted(r) => Some(r),
-            other => {
-                self.life.rootfs = other;
-                None
+            RuncState::Removing | RuncState::Gone => RuncCleanup::AwaitEarly,
+            RuncState::Present | RuncState::Failed => {
+                self.life.runc = RuncState::Removing;
+                RuncCleanup::Delete { force }
             }
         };
         self.life.deleting = true;
@@ -345,14 +357,30 @@ impl Container {
             runc,
             pid: self.init.pid,
             exit: self.init.state.exit().unwrap_or_else(ExitInfo::now),
-            rootfs,
         })
     }
 
-    /// Delete succeeded: the container leaves the registry.
-    pub fn commit_delete(&mut self) {
+    /// Delete succeeded (runc's state is gone): the init is deleted, the
+    /// rootfs goes to the unmount worker, and the container leaves the
+    /// registry.
+    pub fn commit_delete(&mut self) -> Result<Option<MountedRootfs>> {
+        self.init.apply(Event::Delete)?;
+        let rootfs = match std::mem::replace(&mut self.life.rootfs, RootfsState::Unmounting) {
+            RootfsState::Mounted(r) => Some(r),
+            other => {
+                self.life.rootfs = other;
+                None
+            }
+        };
         self.life.deleting = false;
         self.life.phase = Phase::Deleted;
+        self.changed();
+        Ok(rootfs)
+    }
+
+    /// Delete failed: the container stays as it was, for a retry.
+    pub fn abort_delete(&mut self) {
+        self.life.deleting = false;
         self.changed();
     }
 

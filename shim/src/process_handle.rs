@@ -36,13 +36,20 @@ impl ProcessHandle {
         self.pid
     }
 
+    /// The pidfd itself, for whoever signals through it elsewhere.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// Sends `signal` to the process, if it still runs.
     pub fn signal(&self, signal: i32) -> io::Result<Delivery> {
         let sig = Signal::from_named_raw(signal).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("invalid signal {signal}"))
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid signal {signal}"),
+            )
         })?;
-        let _ = pidfd_send_signal::<&OwnedFd>;
-        match rustix::process::kill_process(Pid::from_raw(self.pid).unwrap(), sig) {
+        match pidfd_send_signal(&self.fd, sig) {
             Ok(()) => Ok(Delivery::Delivered),
             Err(rustix::io::Errno::SRCH) => Ok(Delivery::Gone),
             Err(e) => Err(e.into()),
@@ -103,10 +110,14 @@ mod tests {
             return;
         };
         let sent = h.signal(libc::SIGKILL);
+        std::thread::sleep(std::time::Duration::from_millis(100));
         let alive = second.try_wait().unwrap().is_none();
         let _ = second.kill();
         let _ = second.wait();
-        assert!(alive, "the signal for pid {pid} killed the process that took the pid");
+        assert!(
+            alive,
+            "the signal for pid {pid} killed the process that took the pid"
+        );
         assert_eq!(sent.unwrap(), Delivery::Gone);
     }
 }

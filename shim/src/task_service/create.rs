@@ -118,8 +118,11 @@ impl TaskService {
         let runc = self.inner.platform.runc(&cfg);
 
         // A previous container of this id may still be leaving runc.
-        self.wait_work_free(&id, &[WorkKey::Container(id.clone())])
-            .await;
+        let runc_keys = [
+            WorkKey::Container(id.clone()),
+            WorkKey::RuncCall(id.clone()),
+        ];
+        self.wait_work_free(&id, &runc_keys).await;
         let mut rollback = Rollback {
             platform: self.inner.platform.clone(),
             id: id.clone(),
@@ -150,10 +153,12 @@ impl TaskService {
             return Err(e);
         }
         let pid = init.pid;
-        let container = Container::new(id.clone(), bundle, runc, init, rollback.commit());
+        let mut container = Container::new(id.clone(), bundle, runc, init, rollback.commit());
+        container.shares_pid_ns = !spec.own_pid_namespace();
         let container = Arc::new(Mutex::new(container));
         self.inner.registry.insert(reservation, container.clone());
-        self.watch_exit(container, String::new(), pid, since);
+        let exit = self.inner.reaper.watch(pid, since);
+        self.watch_exit(container, String::new(), exit);
         self.watch_oom(id.clone(), pid);
         self.inner.events.send(
             topics::TASK_CREATE_EVENT_TOPIC,

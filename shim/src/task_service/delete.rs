@@ -10,8 +10,9 @@ use tracing::{debug, info};
 
 use super::{runc_call::runc_delete_or_force, timestamp, TaskService, WORK_WAIT};
 use crate::{
-    container::{self, wait_until},
-    container_state::{RuncCleanup, RuncState},
+    container::{self, wait_until, Shared},
+    container_state::{DeletePlan, Phase, RuncCleanup, RuncState},
+    detached::WorkKey,
     error::{Result, ShimError},
     process_state::ExitInfo,
     rootfs,
@@ -28,43 +29,32 @@ impl TaskService {
             let (pid, exit) = container::lock(&c).delete_exec(exec_id)?;
             return Ok(delete_response(pid, exit));
         }
+        // The init's TaskExit goes out before its TaskDelete: an exit still
+        // withheld (an exec still runs) is waited for.
+        let told = wait_until(&c, WORK_WAIT, |g| {
+            (!matches!(g.life.phase(), Phase::Exited { .. })).then_some(())
+        })
+        .await;
+        if told.is_none() {
+            info!(
+                id,
+                "delete refused: the exit is still withheld by running execs"
+            );
+        }
         let plan = container::lock(&c).begin_delete()?;
         info!(id, "deleting container");
-
-        let waited = Instant::now();
-        if wait_until(&c, WORK_WAIT, |g| (g.life.calls() == 0).then_some(()))
-            .await
-            .is_none()
-        {
-            info!(id, "delete goes on with calls still in flight");
-        }
-        if waited.elapsed() > Duration::from_millis(100) {
-            info!(id, waited = ?waited.elapsed(), "delete waited for calls in flight on the container");
-        }
-
-        match plan.runc {
-            RuncCleanup::AwaitEarly => {
-                let waited = Instant::now();
-                // Bounded anyway: each runc call it makes has its timeout.
-                let outcome = wait_until(&c, EARLY_DELETE_WAIT, |g| match g.life.runc() {
-                    RuncState::Removing => None,
-                    other => Some(other),
-                })
-                .await;
-                debug!(id, waited = ?waited.elapsed(), "delete waited for the runc delete started at the exit");
-                if outcome != Some(RuncState::Gone) {
-                    return Err(ShimError::Other(format!(
-                        "runc delete of {id} failed; see the shim log"
-                    )));
-                }
-            }
-            RuncCleanup::Delete { force } => {
-                let runc = container::lock(&c).runc.clone();
-                runc_delete_or_force(&*runc, id, force).await?;
+        match self.finish_delete(&c, id, &plan).await {
+            Ok(()) => {}
+            Err(e) => {
+                // Nothing committed: a retry finds the container as it was.
+                let mut g = container::lock(&c);
+                g.abort_delete();
+                self.publish(&c, &mut g);
+                return Err(e);
             }
         }
-
-        if let Some(r) = plan.rootfs {
+        let rootfs = container::lock(&c).commit_delete()?;
+        if let Some(r) = rootfs {
             rootfs::unmount_detached(
                 &self.inner.detached,
                 self.inner.platform.clone(),
@@ -72,7 +62,6 @@ impl TaskService {
                 r,
             );
         }
-        container::lock(&c).commit_delete();
         self.inner.registry.remove(id);
         self.inner.events.send(
             topics::TASK_DELETE_EVENT_TOPIC,
@@ -87,6 +76,48 @@ impl TaskService {
         );
         info!(id, status = plan.exit.status, "container deleted");
         Ok(delete_response(plan.pid, plan.exit))
+    }
+
+    /// What Delete must see done before it commits: the calls in flight
+    /// answered, runc's state gone.
+    async fn finish_delete(&self, c: &Shared, id: &str, plan: &DeletePlan) -> Result<()> {
+        let waited = Instant::now();
+        if wait_until(c, WORK_WAIT, |g| (g.life.calls() == 0).then_some(()))
+            .await
+            .is_none()
+        {
+            info!(id, "delete goes on with calls still in flight");
+        }
+        if waited.elapsed() > Duration::from_millis(100) {
+            info!(id, waited = ?waited.elapsed(), "delete waited for calls in flight on the container");
+        }
+        match plan.runc {
+            RuncCleanup::AwaitEarly => {
+                let waited = Instant::now();
+                // Bounded anyway: each runc call it makes has its timeout.
+                let outcome = wait_until(c, EARLY_DELETE_WAIT, |g| match g.life.runc() {
+                    RuncState::Removing => None,
+                    other => Some(other),
+                })
+                .await;
+                debug!(id, waited = ?waited.elapsed(), "delete waited for the runc delete started at the exit");
+                if outcome != Some(RuncState::Gone) {
+                    return Err(ShimError::Other(format!(
+                        "runc delete of {id} failed; see the shim log"
+                    )));
+                }
+            }
+            RuncCleanup::Delete { force } => {
+                // Not beside a runc call still running detached.
+                self.wait_work_free(id, &[WorkKey::RuncCall(id.to_string())])
+                    .await;
+                let runc = container::lock(c).runc.clone();
+                let done = runc_delete_or_force(&*runc, id, force).await;
+                container::lock(c).runc_removed(done.is_ok());
+                done?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -125,15 +125,17 @@ impl TaskService {
         }
         let pid = read_pid(&pid_file).await?;
         let _ = std::fs::remove_file(&pid_file);
+        let (exit, handle) = self.inner.reaper.watch_with_handle(pid, since);
         {
             let mut g = container::lock(c);
             let p = g.process_mut(exec_id)?;
             p.pid = pid;
             p.held = held;
             p.console = console_file;
+            p.handle = handle;
             p.apply(Event::Start)?;
         }
-        self.watch_exit(c.clone(), exec_id.to_string(), pid, since);
+        self.watch_exit(c.clone(), exec_id.to_string(), exit);
         drop(call);
         Ok(pid)
     }

@@ -1,8 +1,9 @@
 //! The way of an exit, top to bottom: the reaper reports a process's exit
-//! (`watch_exit`), the container records it (`on_exit`), every exit that
-//! may be told now is published as a TaskExit (`publish`), and once the
-//! init's exit is out, `runc delete` starts at once (`remove_runc_state`)
-//! rather than when containerd's Delete comes.
+//! (`watch_exit`), the container records it (`on_exit`; in a shared pid
+//! namespace the rest of the container is killed, `kill_the_rest`), every
+//! exit that may be told now is published as a TaskExit (`publish`), and
+//! once the init's exit is out, `runc delete` starts at once
+//! (`remove_runc_state`) rather than when containerd's Delete comes.
 
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ use containerd_shim_protos::{
     events::task::{TaskExit, TaskOOM},
     topics,
 };
+use tokio::sync::oneshot;
 use tracing::{debug, error, info};
 
 use super::{runc_call::runc_delete_or_force, timestamp, TaskService};
@@ -22,10 +24,9 @@ use crate::{
 };
 
 impl TaskService {
-    /// 1. Hands the exit of `pid` (a process spawned at `since`) to the
-    ///    container once the reaper sees it.
-    pub(super) fn watch_exit(&self, c: Shared, exec_id: String, pid: i32, since: Instant) {
-        let rx = self.inner.reaper.watch(pid, since);
+    /// 1. Hands the exit the reaper reports through `rx` (see
+    ///    `Reaper::watch`) to the container.
+    pub(super) fn watch_exit(&self, c: Shared, exec_id: String, rx: oneshot::Receiver<Exit>) {
         let svc = self.clone();
         tokio::spawn(async move {
             if let Ok(exit) = rx.await {
@@ -53,7 +54,33 @@ impl TaskService {
             status = exit.status,
             "process exited"
         );
+        if exec_id.is_empty() && g.shares_pid_ns && g.has_running_execs() {
+            self.kill_the_rest(&g);
+        }
         self.publish(c, &mut g);
+    }
+
+    /// 2b. In a shared pid namespace nothing ends the container's other
+    ///    processes when its init exits, and its TaskExit waits for the
+    ///    execs: kill every process of the container now, as the stock
+    ///    shim does (`runc kill --all`, by cgroup), so that the exit is
+    ///    told. Without execs the early `runc delete` kills what is left.
+    fn kill_the_rest(&self, g: &Container) {
+        let (runc, id) = (g.runc.clone(), g.id.clone());
+        let job = self
+            .inner
+            .detached
+            .begin(vec![WorkKey::RuncCall(id.clone())]);
+        info!(
+            id,
+            "init exited in a shared pid namespace; killing the container's other processes"
+        );
+        tokio::spawn(async move {
+            let _job = job;
+            if let Err(e) = runc.kill(&id, libc::SIGKILL as u32, true).await {
+                error!(id, error = %e, "runc kill --all at the init's exit failed");
+            }
+        });
     }
 
     /// 3. Publishes the TaskExit of every process whose exit may be told
@@ -102,8 +129,13 @@ impl TaskService {
             .inner
             .detached
             .begin(vec![WorkKey::Container(id.clone())]);
+        let svc = self.clone();
         tokio::spawn(async move {
             let _job = job;
+            // Not beside a runc call that still runs detached (an update or
+            // ps answered at the exit, the kill of what is left).
+            svc.wait_work_free(&id, &[WorkKey::RuncCall(id.clone())])
+                .await;
             let started = Instant::now();
             let gone = match runc_delete_or_force(&*runc, &id, false).await {
                 Ok(()) => true,

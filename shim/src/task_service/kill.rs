@@ -2,49 +2,74 @@
 //! `all` reaches every process of the container) or to one exec.
 
 use runc_wrapper::RuncApi;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::{runc_call::CallInFlight, TaskService};
 use crate::{
-    container,
+    container::{self, Container},
     error::{Result, ShimError},
+    process_handle::Delivery,
 };
 
 impl TaskService {
     pub(super) async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let c = self.container(id)?;
-        let (runc, pid, call) = {
+        info!(id, exec_id, signal, all, "kill");
+        if !exec_id.is_empty() {
+            return signal_exec(&container::lock(&c), exec_id, signal);
+        }
+        let (runc, call) = {
             let mut g = container::lock(&c);
-            let p = g.process(exec_id)?;
-            if !p.state.is_alive() {
+            if !g.init.state.is_alive() {
                 return Err(ShimError::Exiting(format!(
                     "{id}: process already finished"
                 )));
             }
-            let pid = p.pid;
-            let call = if exec_id.is_empty() {
-                Some(CallInFlight::begin(&c, &mut g)?)
-            } else {
-                None
-            };
-            (g.runc.clone(), pid, call)
+            let call = CallInFlight::begin(&c, &mut g)?;
+            (g.runc.clone(), call)
         };
-        info!(id, exec_id, signal, all, "kill");
-        if let Some(call) = call {
-            // An exit while runc runs answers the Kill: the signal landed,
-            // or is moot.
-            let owned = id.to_string();
-            self.runc_until_exit(call, id, async move {
-                RuncApi::kill(&*runc, &owned, signal, all).await
-            })
-            .await?;
-        } else if pid > 0 {
-            // An exec is the shim's child until reaped, so its pid cannot be reused.
-            let sig = nix::sys::signal::Signal::try_from(signal as i32)
-                .map_err(|_| ShimError::InvalidArgument(format!("invalid signal {signal}")))?;
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
-                .map_err(|e| ShimError::io(format!("kill exec {exec_id}"), e.into()))?;
-        }
+        // An exit while runc runs answers the Kill: the signal landed, or
+        // is moot.
+        let owned = id.to_string();
+        self.runc_until_exit(call, id, async move {
+            RuncApi::kill(&*runc, &owned, signal, all).await
+        })
+        .await?;
         Ok(())
     }
+}
+
+/// Signals an exec through its pidfd, so that the signal reaches that
+/// process or nobody, never one that took its pid after it was reaped.
+fn signal_exec(g: &Container, exec_id: &str, signal: u32) -> Result<()> {
+    let p = g.process(exec_id)?;
+    if !p.state.is_alive() {
+        return Err(ShimError::Exiting(format!(
+            "{}: process already finished",
+            g.id
+        )));
+    }
+    if p.pid == 0 {
+        // Added but never started: nothing to signal (as the stock shim).
+        return Err(ShimError::InvalidState {
+            what: exec_id.to_string(),
+            action: "kill",
+            state: "not started",
+        });
+    }
+    let Some(handle) = &p.handle else {
+        // Gone before its handle was opened: its exit is on its way.
+        debug!(id = g.id, exec_id, "kill of an exec that exited already");
+        return Ok(());
+    };
+    match handle.signal(signal as i32).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => {
+            ShimError::InvalidArgument(format!("invalid signal {signal}"))
+        }
+        _ => ShimError::io(format!("kill exec {exec_id}"), e),
+    })? {
+        Delivery::Delivered => {}
+        Delivery::Gone => debug!(id = g.id, exec_id, "kill of an exec that exited already"),
+    }
+    Ok(())
 }

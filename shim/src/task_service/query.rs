@@ -45,7 +45,7 @@ impl TaskService {
 
     pub(super) async fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
         let c = self.container(id)?;
-        let mut rx = container::lock(&c).process(exec_id)?.subscribe_exit();
+        let mut rx = container::lock(&c).process(exec_id)?.subscribe_told();
         let gone = || ShimError::Other(format!("{id}: process gone without exit"));
         let exit = *rx.wait_for(Option::is_some).await.map_err(|_| gone())?;
         exit.ok_or_else(gone)

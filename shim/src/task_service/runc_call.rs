@@ -9,10 +9,13 @@ use tracing::{debug, warn};
 
 use super::TaskService;
 use crate::{
-    container::{self, Container, Shared},
+    container::{self, wait_until, Container, Shared},
     detached::WorkKey,
     error::{Result, ShimError},
 };
+
+/// As long as runc runs: its own timeout bounds the call.
+const NO_BOUND: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// A call on a container that has not answered yet (see
 /// `Container::begin_call`); dropping it ends the call.
@@ -73,11 +76,11 @@ impl TaskService {
         F: Future<Output = std::result::Result<T, RuncError>> + Send + 'static,
     {
         let c = call.0.clone();
-        let mut exited = container::lock(&c).init.subscribe_exit();
+        let exited = wait_until(&c, NO_BOUND, |g| (!g.init.state.is_alive()).then_some(()));
         let job = self
             .inner
             .detached
-            .begin(vec![WorkKey::Container(id.to_string())]);
+            .begin(vec![WorkKey::RuncCall(id.to_string())]);
         let mut running = tokio::spawn(async move {
             let _job = job;
             runc.await
@@ -89,7 +92,7 @@ impl TaskService {
                 Ok(Err(e)) => Err(runc_failed(&c, id, e)),
                 Err(e) => Err(ShimError::Other(format!("runc call on {id}: {e}"))),
             },
-            _ = exited.wait_for(Option::is_some) => {
+            Some(()) = exited => {
                 debug!(id, "container exited while runc ran; answering without waiting for runc");
                 Ok(Outcome::Exited)
             }

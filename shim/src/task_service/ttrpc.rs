@@ -2,18 +2,46 @@
 //! the lifecycle step, and turn its answer into the response (errors become
 //! status codes in `error.rs`).
 
+use std::{future::Future, panic::AssertUnwindSafe};
+
 use async_trait::async_trait;
 use containerd_shim_protos::{
     api::{self, DeleteResponse, Empty},
     shim_async::Task,
     ttrpc::{self, r#async::TtrpcContext},
 };
-use tracing::info;
+use futures_util::FutureExt;
+use tracing::{error, info};
 
 use super::{timestamp, TaskService, Timed};
 use crate::error::ShimError;
 
 type TtrpcResult<T> = ttrpc::Result<T>;
+
+/// Runs one request. A panic in it (a bug) fails that request with an
+/// internal error and leaves the shim, and the pod's other containers,
+/// running; the release profile unwinds for that.
+async fn guarded<T>(
+    call: &'static str,
+    request: impl Future<Output = TtrpcResult<T>>,
+) -> TtrpcResult<T> {
+    match AssertUnwindSafe(request).catch_unwind().await {
+        Ok(answer) => answer,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            error!(
+                call,
+                panic = what,
+                "a request panicked; it fails, the shim goes on"
+            );
+            Err(ShimError::Panicked(call).into())
+        }
+    }
+}
 
 #[async_trait]
 impl Task for TaskService {
@@ -22,13 +50,16 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        let _t = Timed::new("create", &req.id);
-        info!(id = req.id, bundle = req.bundle, "create");
-        let pid = TaskService::create(self, &req).await?;
-        Ok(api::CreateTaskResponse {
-            pid: pid as u32,
-            ..Default::default()
+        guarded("create", async {
+            let _t = Timed::new("create", &req.id);
+            info!(id = req.id, bundle = req.bundle, "create");
+            let pid = TaskService::create(self, &req).await?;
+            Ok(api::CreateTaskResponse {
+                pid: pid as u32,
+                ..Default::default()
+            })
         })
+        .await
     }
 
     async fn start(
@@ -36,18 +67,21 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        let _busy = self.busy();
-        let _t = Timed::new("start", &req.id);
-        let pid = if req.exec_id.is_empty() {
-            self.start_init(&req.id).await?
-        } else {
-            self.start_exec(&req.id, &req.exec_id).await?
-        };
-        info!(id = req.id, exec_id = req.exec_id, pid, "started");
-        Ok(api::StartResponse {
-            pid: pid as u32,
-            ..Default::default()
+        guarded("start", async {
+            let _busy = self.busy();
+            let _t = Timed::new("start", &req.id);
+            let pid = if req.exec_id.is_empty() {
+                self.start_init(&req.id).await?
+            } else {
+                self.start_exec(&req.id, &req.exec_id).await?
+            };
+            info!(id = req.id, exec_id = req.exec_id, pid, "started");
+            Ok(api::StartResponse {
+                pid: pid as u32,
+                ..Default::default()
+            })
         })
+        .await
     }
 
     async fn delete(
@@ -55,9 +89,12 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<DeleteResponse> {
-        let _busy = self.busy();
-        let _t = Timed::new("delete", &req.id);
-        Ok(TaskService::delete(self, &req.id, &req.exec_id).await?)
+        guarded("delete", async {
+            let _busy = self.busy();
+            let _t = Timed::new("delete", &req.id);
+            Ok(TaskService::delete(self, &req.id, &req.exec_id).await?)
+        })
+        .await
     }
 
     async fn state(
@@ -65,8 +102,11 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        let _t = Timed::new("state", &req.id);
-        Ok(TaskService::state(self, &req.id, &req.exec_id)?)
+        guarded("state", async {
+            let _t = Timed::new("state", &req.id);
+            Ok(TaskService::state(self, &req.id, &req.exec_id)?)
+        })
+        .await
     }
 
     async fn pids(
@@ -74,20 +114,29 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        let _busy = self.busy();
-        Ok(TaskService::pids(self, &req.id).await?)
+        guarded("pids", async {
+            let _busy = self.busy();
+            Ok(TaskService::pids(self, &req.id).await?)
+        })
+        .await
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
-        let _busy = self.busy();
-        self.set_frozen(&req.id, true).await?;
-        Ok(Empty::new())
+        guarded("pause", async {
+            let _busy = self.busy();
+            self.set_frozen(&req.id, true).await?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
-        let _busy = self.busy();
-        self.set_frozen(&req.id, false).await?;
-        Ok(Empty::new())
+        guarded("resume", async {
+            let _busy = self.busy();
+            self.set_frozen(&req.id, false).await?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn checkpoint(
@@ -95,20 +144,32 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: api::CheckpointTaskRequest,
     ) -> TtrpcResult<Empty> {
-        Err(ShimError::Unimplemented("checkpoint (brisk does not checkpoint containers)").into())
+        guarded("checkpoint", async {
+            Err(
+                ShimError::Unimplemented("checkpoint (brisk does not checkpoint containers)")
+                    .into(),
+            )
+        })
+        .await
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
-        let _busy = self.busy();
-        let _t = Timed::new("kill", &req.id);
-        TaskService::kill(self, &req.id, &req.exec_id, req.signal, req.all).await?;
-        Ok(Empty::new())
+        guarded("kill", async {
+            let _busy = self.busy();
+            let _t = Timed::new("kill", &req.id);
+            TaskService::kill(self, &req.id, &req.exec_id, req.signal, req.all).await?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
-        let _busy = self.busy();
-        self.add_exec(&req)?;
-        Ok(Empty::new())
+        guarded("exec", async {
+            let _busy = self.busy();
+            self.add_exec(&req)?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn resize_pty(
@@ -116,20 +177,29 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<Empty> {
-        TaskService::resize_pty(self, &req)?;
-        Ok(Empty::new())
+        guarded("resize_pty", async {
+            TaskService::resize_pty(self, &req)?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
-        TaskService::close_io(self, &req.id, &req.exec_id)?;
-        Ok(Empty::new())
+        guarded("close_io", async {
+            TaskService::close_io(self, &req.id, &req.exec_id)?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
-        let _busy = self.busy();
-        let _t = Timed::new("update", &req.id);
-        TaskService::update(self, &req).await?;
-        Ok(Empty::new())
+        guarded("update", async {
+            let _busy = self.busy();
+            let _t = Timed::new("update", &req.id);
+            TaskService::update(self, &req).await?;
+            Ok(Empty::new())
+        })
+        .await
     }
 
     async fn wait(
@@ -137,12 +207,15 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
-        let exit = TaskService::wait(self, &req.id, &req.exec_id).await?;
-        Ok(api::WaitResponse {
-            exit_status: exit.status,
-            exited_at: timestamp(exit.at),
-            ..Default::default()
+        guarded("wait", async {
+            let exit = TaskService::wait(self, &req.id, &req.exec_id).await?;
+            Ok(api::WaitResponse {
+                exit_status: exit.status,
+                exited_at: timestamp(exit.at),
+                ..Default::default()
+            })
         })
+        .await
     }
 
     async fn stats(
@@ -150,7 +223,10 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        Ok(TaskService::stats(self, &req.id).await?)
+        guarded("stats", async {
+            Ok(TaskService::stats(self, &req.id).await?)
+        })
+        .await
     }
 
     async fn connect(
@@ -158,7 +234,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        Ok(TaskService::connect(self, &req.id))
+        guarded("connect", async { Ok(TaskService::connect(self, &req.id)) }).await
     }
 
     async fn shutdown(
@@ -166,7 +242,10 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<Empty> {
-        TaskService::shutdown(self);
-        Ok(Empty::new())
+        guarded("shutdown", async {
+            TaskService::shutdown(self);
+            Ok(Empty::new())
+        })
+        .await
     }
 }

@@ -53,8 +53,6 @@ async fn kill_update_and_state_during_the_exit() {
         .is_empty());
     let e = shim.svc.stats("c1").await.unwrap_err();
     assert_eq!(code(&e), Code::NOT_FOUND, "{e}");
-    let w = within(shim.svc.wait("c1", "")).await.unwrap();
-    assert_eq!(w.status, 137);
     // runc update still hangs, detached: nothing waited for it.
     assert_eq!(shim.detached.pending(), 1);
     gate.release();
@@ -64,6 +62,8 @@ async fn kill_update_and_state_during_the_exit() {
         shim.exits_and_deletes(),
         vec![Ev::Exit("e1".into(), 137), Ev::Exit("c1".into(), 137)]
     );
+    let w = within(shim.svc.wait("c1", "")).await.unwrap();
+    assert_eq!(w.status, 137);
     // Kill of the exited init and of the exited exec: NotFound.
     let e = shim.svc.kill("c1", "", 9, true).await.unwrap_err();
     assert_eq!(code(&e), Code::NOT_FOUND, "{e}");

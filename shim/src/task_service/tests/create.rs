@@ -101,7 +101,7 @@ async fn create_failure_at_each_step_leaves_nothing_behind() {
         *shim.platform.fail_mount.lock().unwrap() = None;
         let bundle = std::path::Path::new(&req.bundle);
         if !bundle.join("config.json").exists() {
-            std::fs::write(bundle.join("config.json"), r#"{"ociVersion":"1.0.2"}"#).unwrap();
+            std::fs::write(bundle.join("config.json"), super::OWN_PID_NS).unwrap();
         }
         assert_nothing_left(&shim, "c1", &workdir).await;
     }

@@ -105,3 +105,36 @@ async fn exec_exit_is_published_at_once_and_init_keeps_running() {
     assert_eq!(d.exit_status, 2);
     assert_eq!(shim.svc.state("c1", "").unwrap().status(), Status::RUNNING);
 }
+
+/// Issue 14 item 3: in a shared pid namespace an init that exits by itself
+/// leaves its execs running, and its TaskExit waits for them: the shim
+/// kills every process of the container (`runc kill --all`) at the exit.
+#[tokio::test]
+async fn init_exit_in_a_shared_pid_namespace_kills_the_rest() {
+    let shim = Shim::new();
+    let req = shim.request_with_spec("c1", super::POD_PID_NS);
+    let pid = shim.svc.create(&req).await.unwrap();
+    shim.svc.start_init("c1").await.unwrap();
+    let e1 = shim.exec("c1", "e1").await;
+    shim.reap(pid, 3).await;
+    settle().await;
+    assert_eq!(shim.runc().calls("kill --all", "c1"), 1);
+    // What runc's kill does: the exec dies, and the exit is told.
+    shim.reap(e1, 137).await;
+    assert_eq!(
+        shim.exits_and_deletes(),
+        vec![Ev::Exit("e1".into(), 137), Ev::Exit("c1".into(), 3)]
+    );
+    settle().await;
+    assert!(!shim.runc().has_state("c1"));
+}
+
+#[tokio::test]
+async fn init_exit_in_its_own_pid_namespace_kills_nothing_more() {
+    let shim = Shim::new();
+    let pid = shim.run("c1").await;
+    shim.exec("c1", "e1").await;
+    shim.reap(pid, 3).await;
+    settle().await;
+    assert_eq!(shim.runc().calls("kill --all", "c1"), 0);
+}

@@ -156,11 +156,7 @@ impl FakeRunc {
 }
 
 fn failed(command: &str, message: &str) -> RuncError {
-    RuncError::Failed {
-        command: command.into(),
-        status: 1,
-        message: message.into(),
-    }
+    RuncError::failed(command, 1, message.into())
 }
 
 #[async_trait]
@@ -185,8 +181,9 @@ impl RuncApi for FakeRunc {
         self.set(id, "running");
         Ok(())
     }
-    async fn kill(&self, id: &str, _signal: u32, _all: bool) -> runc_wrapper::Result<()> {
-        self.simple("kill", id).await
+    async fn kill(&self, id: &str, _signal: u32, all: bool) -> runc_wrapper::Result<()> {
+        self.simple(if all { "kill --all" } else { "kill" }, id)
+            .await
     }
     async fn delete(&self, id: &str, force: bool) -> runc_wrapper::Result<()> {
         let sub = if force { "delete --force" } else { "delete" };
@@ -270,4 +267,3 @@ impl Platform for FakePlatform {
         Ok(Duration::ZERO)
     }
 }
-

@@ -22,8 +22,10 @@ async fn a_failed_delete_can_be_retried_and_finishes_the_job() {
     let pid = shim.svc.create(&req).await.unwrap();
     shim.svc.start_init("c1").await.unwrap();
     // Fails for the early delete at the exit and for the first Delete.
-    shim.runc().fault("delete", Fault::Fail("device or resource busy"), 2);
-    shim.runc().fault("delete --force", Fault::Fail("timed out"), 2);
+    shim.runc()
+        .fault("delete", Fault::Fail("device or resource busy"), 2);
+    shim.runc()
+        .fault("delete --force", Fault::Fail("timed out"), 2);
     shim.reap(pid, 0).await;
     settle().await;
 
@@ -58,7 +60,8 @@ async fn a_failed_delete_of_a_created_container_can_be_retried() {
     let shim = Shim::new();
     let (req, _) = shim.request_with_rootfs("c1");
     shim.svc.create(&req).await.unwrap();
-    shim.runc().fault("delete --force", Fault::Fail("timed out"), 2);
+    shim.runc()
+        .fault("delete --force", Fault::Fail("timed out"), 2);
     within(shim.svc.delete("c1", "")).await.unwrap_err();
     assert_eq!(shim.svc.state("c1", "").unwrap().status(), Status::CREATED);
     assert_eq!(shim.platform.mounted().len(), 1);
@@ -80,7 +83,10 @@ async fn delete_does_not_overtake_an_unpublished_exit() {
     let svc = shim.svc.clone();
     let delete = tokio::spawn(async move { svc.delete("c1", "").await });
     settle().await;
-    assert!(!delete.is_finished(), "Delete answered before the exit was told");
+    assert!(
+        !delete.is_finished(),
+        "Delete answered before the exit was told"
+    );
     shim.reap(e1, 0).await;
     let d = within(delete).await.unwrap().unwrap();
     assert_eq!(d.exit_status, 3);

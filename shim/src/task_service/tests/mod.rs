@@ -11,7 +11,7 @@ mod fake;
 mod faults;
 mod shutdown;
 
-pub use fake::{Fault, FakePlatform, FakeRunc};
+pub use fake::{FakePlatform, FakeRunc, Fault};
 
 use std::{
     path::PathBuf,
@@ -47,6 +47,12 @@ pub enum Ev {
     /// Any other event, by topic.
     Other(String),
 }
+
+/// A bundle spec with a pid namespace of the container's own.
+pub const OWN_PID_NS: &str = r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid"}]}}"#;
+/// A bundle spec that joins the pod's pid namespace (shareProcessNamespace).
+pub const POD_PID_NS: &str =
+    r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid","path":"/proc/1/ns/pid"}]}}"#;
 
 /// A shim of one pod on the fake machine.
 pub struct Shim {
@@ -91,11 +97,17 @@ impl Shim {
         &self.platform.runc
     }
 
-    /// A Create request of `id` with its own bundle and no rootfs mounts.
+    /// A Create request of `id` with its own bundle (its own pid
+    /// namespace) and no rootfs mounts.
     pub fn request(&self, id: &str) -> api::CreateTaskRequest {
+        self.request_with_spec(id, OWN_PID_NS)
+    }
+
+    /// The same with `spec` as the bundle's config.json.
+    pub fn request_with_spec(&self, id: &str, spec: &str) -> api::CreateTaskRequest {
         let bundle = self.dir.path().join(id);
         std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::write(bundle.join("config.json"), r#"{"ociVersion":"1.0.2"}"#).unwrap();
+        std::fs::write(bundle.join("config.json"), spec).unwrap();
         api::CreateTaskRequest {
             id: id.into(),
             bundle: bundle.display().to_string(),
