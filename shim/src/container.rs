@@ -17,6 +17,7 @@ use tracing::warn;
 
 use crate::{
     bundle_spec::ExecProcessSpec,
+    cgroup::OomWatch,
     container_state::Life,
     error::{Result, ShimError},
     process_handle::ProcessHandle,
@@ -102,6 +103,8 @@ pub struct Container {
     pub(crate) life: Life,
     /// Bumped by every transition; whoever waits for one subscribes.
     pub(crate) changed: watch::Sender<()>,
+    /// The watch of the container's OOM kills (None without a memory cgroup).
+    pub oom: Option<OomWatch>,
 }
 
 /// A container as the task service shares it between calls.
@@ -122,6 +125,7 @@ impl Container {
             init,
             execs: HashMap::new(),
             shares_pid_ns: false,
+            oom: None,
             life: Life::created(rootfs),
             changed: watch::channel(()).0,
         }

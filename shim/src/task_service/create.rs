@@ -157,9 +157,11 @@ impl TaskService {
         container.shares_pid_ns = !spec.own_pid_namespace();
         let container = Arc::new(Mutex::new(container));
         self.inner.registry.insert(reservation, container.clone());
+        // Before the container runs: no kill can come before the watch.
+        let oom = self.watch_oom(id.clone(), pid);
+        crate::container::lock(&container).oom = oom;
         let exit = self.inner.reaper.watch(pid, since);
         self.watch_exit(container, String::new(), exit);
-        self.watch_oom(id.clone(), pid);
         self.inner.events.send(
             topics::TASK_CREATE_EVENT_TOPIC,
             TaskCreate {

@@ -16,7 +16,7 @@ use tracing::{debug, error, info};
 
 use super::{runc_call::runc_delete_or_force, timestamp, TaskService};
 use crate::{
-    cgroup_metrics,
+    cgroup::OomWatch,
     container::{self, Container, Shared},
     detached::WorkKey,
     process_state::ExitInfo,
@@ -90,6 +90,11 @@ impl TaskService {
     ///    exit (an exit, the end of Start), so each exit is told once and
     ///    in order with the events before it.
     pub(super) fn publish(&self, c: &Shared, g: &mut Container) {
+        // A kill that caused an exit is told before the exit, and while the
+        // cgroup still exists (runc delete follows the init's TaskExit).
+        if let Some(oom) = &g.oom {
+            oom.flush();
+        }
         let publication = g.take_publishable();
         for e in publication.exits {
             self.inner.events.send(
@@ -150,9 +155,9 @@ impl TaskService {
     }
 
     /// OOM kills in the container's cgroup, as TaskOOM events.
-    pub(super) fn watch_oom(&self, id: String, pid: i32) {
+    pub(super) fn watch_oom(&self, id: String, pid: i32) -> Option<OomWatch> {
         let events = self.inner.events.clone();
-        tokio::spawn(cgroup_metrics::watch_oom(pid as u32, move || {
+        OomWatch::start(pid as u32, move || {
             info!(id, "container OOM-killed a process");
             events.send(
                 topics::TASK_OOM_EVENT_TOPIC,
@@ -161,6 +166,6 @@ impl TaskService {
                     ..Default::default()
                 },
             );
-        }));
+        })
     }
 }

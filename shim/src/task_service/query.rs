@@ -9,7 +9,7 @@ use containerd_shim_protos::{api, protobuf::MessageField};
 
 use super::{runc_call::CallInFlight, runc_call::Outcome, timestamp, TaskService};
 use crate::{
-    cgroup_metrics, container,
+    cgroup, container,
     error::{Result, ShimError},
     process_state::ExitInfo,
     stdio,
@@ -107,7 +107,7 @@ impl TaskService {
             let call = CallInFlight::begin(&c, &mut g)?;
             (g.init.pid, call)
         };
-        let stats = tokio::task::spawn_blocking(move || cgroup_metrics::collect(pid as u32))
+        let stats = tokio::task::spawn_blocking(move || cgroup::metrics(pid as u32))
             .await
             .map_err(|e| ShimError::Other(format!("stats task: {e}")))??;
         drop(call);
