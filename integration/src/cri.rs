@@ -50,6 +50,9 @@ pub struct ContainerSpec {
     pub tty: bool,
     pub stdin: bool,
     pub resources: Option<LinuxContainerResources>,
+    /// Join the pod's pid namespace (shareProcessNamespace); the pod must
+    /// have been made with [`Cri::shared_pid_pod_config`].
+    pub share_pod_pid: bool,
 }
 
 impl ContainerSpec {
@@ -65,7 +68,15 @@ impl ContainerSpec {
             tty: false,
             stdin: false,
             resources: None,
+            share_pod_pid: false,
         }
+    }
+
+    /// Joins the pod's pid namespace, as kubelet asks for a pod with
+    /// `shareProcessNamespace: true`.
+    pub fn share_pod_pid(mut self) -> Self {
+        self.share_pod_pid = true;
+        self
     }
     /// `sh -c SCRIPT`
     pub fn sh(name: &str, script: &str) -> Self {
@@ -312,6 +323,21 @@ impl Cri {
     }
 
     /// RunPodSandbox on `handler` ("runc", "brisk", ...).
+    /// [`Cri::pod_config`] of a pod whose containers share one pid
+    /// namespace (`shareProcessNamespace: true`).
+    pub fn shared_pid_pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        let mut config = self.pod_config(name);
+        if let Some(ns) = config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|s| s.namespace_options.as_mut())
+        {
+            ns.pid = cri::NamespaceMode::Pod as i32;
+        }
+        config
+    }
+
     pub fn run_pod_sandbox(&self, handler: &str, name: &str) -> Result<Pod> {
         let config = self.pod_config(name);
         self.run_pod_sandbox_with(handler, config)
@@ -412,9 +438,15 @@ impl Cri {
             tty: spec.tty,
             linux: Some(cri::LinuxContainerConfig {
                 resources: spec.resources.clone(),
-                // What kubelet sends for a host-network pod: own pid namespace.
+                // What kubelet sends for a host-network pod: own pid
+                // namespace, or the pod's with shareProcessNamespace.
                 security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: host_network_namespaces(),
+                    namespace_options: host_network_namespaces().map(|mut ns| {
+                        if spec.share_pod_pid {
+                            ns.pid = cri::NamespaceMode::Pod as i32;
+                        }
+                        ns
+                    }),
                     ..Default::default()
                 }),
             }),

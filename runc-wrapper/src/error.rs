@@ -13,12 +13,14 @@ pub enum RuncError {
         source: io::Error,
     },
 
-    /// runc ran and exited non-zero. `message` is runc's own error text.
+    /// runc ran and exited non-zero. `message` is runc's own error text,
+    /// `kind` what it means (see [`Failure::of`]).
     #[error("runc {command} failed (exit status {status}): {message}")]
     Failed {
         command: String,
         status: i32,
         message: String,
+        kind: Failure,
     },
 
     /// runc did not finish within the call's timeout and was killed.
@@ -47,31 +49,80 @@ pub enum RuncError {
     ExitLost { command: String },
 }
 
-impl RuncError {
-    /// True when runc reported that the container does not exist, which callers
-    /// usually treat as "already gone" rather than as a failure.
-    pub fn is_not_found(&self) -> bool {
-        match self {
-            RuncError::Failed { message, .. } => {
-                let m = message.to_ascii_lowercase();
-                m.contains("does not exist") || m.contains("not found") || m.contains("no such")
-            }
-            _ => false,
+/// What a failed runc call means, decided once where runc's answer comes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// runc has no state of the container (it was never created, or is
+    /// deleted already).
+    NoSuchContainer,
+    /// The container is not running (it exited while the call was on its way).
+    NotRunning,
+    /// Anything else, e.g. a process that could not be started.
+    Other,
+}
+
+impl Failure {
+    /// runc tells these only in its message. Only runc's own wording about
+    /// the container counts: "executable file not found" or a missing cwd
+    /// in an exec are failures of that exec, not a missing container.
+    pub fn of(command: &str, message: &str) -> Failure {
+        let m = message.to_ascii_lowercase();
+        // runc delete/kill/state of a container whose state directory is
+        // gone report the missing state file.
+        let state_command = matches!(
+            command,
+            "delete" | "kill" | "state" | "ps" | "pause" | "resume" | "update" | "events"
+        );
+        if m.contains("container does not exist")
+            || m.contains("container not found")
+            || (state_command && m.contains("no such file or directory"))
+        {
+            Failure::NoSuchContainer
+        } else if m.contains("container not running")
+            || m.contains("container is stopped")
+            || m.contains("container is not running")
+            || m.contains("cannot exec in a stopped container")
+        {
+            Failure::NotRunning
+        } else {
+            Failure::Other
         }
     }
 }
 
 impl RuncError {
+    /// A failure of runc itself with `message` for `command`.
+    pub fn failed(command: &str, status: i32, message: String) -> Self {
+        RuncError::Failed {
+            command: command.into(),
+            status,
+            kind: Failure::of(command, &message),
+            message,
+        }
+    }
+
+    /// True when runc has no state of the container, which callers usually
+    /// treat as "already gone" rather than as a failure.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            RuncError::Failed {
+                kind: Failure::NoSuchContainer,
+                ..
+            }
+        )
+    }
+
     /// True when runc found the container stopped, e.g. because it exited
     /// while the call was on its way.
     pub fn is_not_running(&self) -> bool {
-        match self {
-            RuncError::Failed { message, .. } => {
-                let m = message.to_ascii_lowercase();
-                m.contains("not running") || m.contains("container is stopped")
+        matches!(
+            self,
+            RuncError::Failed {
+                kind: Failure::NotRunning,
+                ..
             }
-            _ => false,
-        }
+        )
     }
 }
 

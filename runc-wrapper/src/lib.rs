@@ -5,6 +5,7 @@
 //! wait for runc by pid: an [`ExitWatch`] supplied by the caller reports the
 //! exit status, so it works inside a subreaper that reaps with `waitpid(-1)`.
 
+mod api;
 mod error;
 mod spawn;
 mod types;
@@ -22,8 +23,9 @@ use oci_spec::runtime::LinuxResources;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
-pub use error::{Result, RuncError};
-pub use spawn::{DirectWait, ExitWatch};
+pub use api::RuncApi;
+pub use error::{Failure, Result, RuncError};
+pub use spawn::{pidfd_of, DirectWait, ExitWatch, Spawned};
 pub use types::{
     ContainerState, CpuStats, CpuUsage, CreateOpts, ExecOpts, MemoryEntry, MemoryStats, PidsStats,
     ProcessIo, Stats,
@@ -288,13 +290,17 @@ impl Runc {
                 .stderr(Stdio::piped());
             }
         }
-        let (mut child, exited) =
-            self.watch
-                .spawn(&mut cmd)
-                .map_err(|source| RuncError::Spawn {
-                    binary: self.binary.clone(),
-                    source,
-                })?;
+        let Spawned {
+            mut child,
+            exit: exited,
+            pidfd,
+        } = self
+            .watch
+            .spawn(&mut cmd)
+            .map_err(|source| RuncError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
         // The Command still holds the container's stdio; let it go now.
         drop(cmd);
         let pid = child.id() as i32;
@@ -336,10 +342,18 @@ impl Runc {
         let (fed, out, err, status) = match tokio::time::timeout(self.timeout, work).await {
             Ok(done) => done,
             Err(_) => {
-                // SAFETY: kill(2) with a pid we spawned and whose exit the
-                // reaper has not reported yet; at worst it is already a zombie.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                warn!(command, pid, after = ?self.timeout, "runc call timed out, killed it");
+                // Through the pidfd: runc may have exited and been reaped
+                // just now, and its pid may belong to another process.
+                match &pidfd {
+                    Some(fd) => {
+                        let _ =
+                            rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+                        warn!(command, pid, after = ?self.timeout, "runc call timed out, killed it");
+                    }
+                    None => {
+                        warn!(command, pid, after = ?self.timeout, "runc call timed out; no pidfd to kill it by, left running")
+                    }
+                }
                 return Err(RuncError::Timeout {
                     command: command.into(),
                     after: self.timeout,
@@ -366,15 +380,12 @@ impl Runc {
                 _ => stderr_text,
             };
             info!(command, status, %message, "runc call failed");
-            return Err(RuncError::Failed {
-                command: command.into(),
-                status,
-                message: if message.is_empty() {
-                    "no error message".into()
-                } else {
-                    message
-                },
-            });
+            let message = if message.is_empty() {
+                "no error message".into()
+            } else {
+                message
+            };
+            return Err(RuncError::failed(command, status, message));
         }
         fed.map_err(|e| io_err("write stdin", e))?;
         out.map_err(|e| io_err("read stdout", e))
@@ -412,11 +423,11 @@ pub fn parse_stats_event(out: &[u8]) -> Result<Stats> {
     let event: types::Event = decode("events", out)?;
     match event.data {
         Some(stats) if event.kind == "stats" => Ok(stats),
-        _ => Err(RuncError::Failed {
-            command: "events".into(),
-            status: 0,
-            message: format!("expected a stats event, got {:?}", event.kind),
-        }),
+        _ => Err(RuncError::failed(
+            "events",
+            0,
+            format!("expected a stats event, got {:?}", event.kind),
+        )),
     }
 }
 

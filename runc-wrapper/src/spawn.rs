@@ -8,20 +8,38 @@
 
 use std::{
     io,
+    os::fd::OwnedFd,
     process::{Child, Command},
     thread,
 };
 
 use tokio::sync::oneshot;
 
+/// A started command.
+pub struct Spawned {
+    pub child: Child,
+    /// Its exit status (the exit code, or 128 + signal for a signalled process).
+    pub exit: oneshot::Receiver<i32>,
+    /// A pidfd of the child, opened before anything could reap it; the
+    /// wrapper kills a runc that timed out through it, never by pid (which
+    /// the child may have left to another process by then). None where the
+    /// kernel has no pidfds: then a timed-out runc is left running.
+    pub pidfd: Option<OwnedFd>,
+}
+
 /// Spawns a command and reports its exit status through a channel.
 pub trait ExitWatch: Send + Sync {
-    /// Starts `cmd` and returns the child with a receiver of its exit status
-    /// (the exit code, or 128 + signal for a signalled process).
-    ///
-    /// The implementation must register interest in the pid before the exit
-    /// can be lost, for example by remembering exits of pids nobody watched yet.
-    fn spawn(&self, cmd: &mut Command) -> io::Result<(Child, oneshot::Receiver<i32>)>;
+    /// Starts `cmd`. The implementation must register interest in the pid
+    /// before the exit can be lost (for example by remembering exits of
+    /// pids nobody watched yet), and open the pidfd before the child can be
+    /// reaped.
+    fn spawn(&self, cmd: &mut Command) -> io::Result<Spawned>;
+}
+
+/// A pidfd of `pid`, which the caller knows is not reaped yet.
+pub fn pidfd_of(pid: u32) -> Option<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid as i32)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
 /// An [`ExitWatch`] for processes that are not subreapers: a thread waits for
@@ -30,10 +48,12 @@ pub trait ExitWatch: Send + Sync {
 pub struct DirectWait;
 
 impl ExitWatch for DirectWait {
-    fn spawn(&self, cmd: &mut Command) -> io::Result<(Child, oneshot::Receiver<i32>)> {
+    fn spawn(&self, cmd: &mut Command) -> io::Result<Spawned> {
         use std::os::unix::process::ExitStatusExt;
 
         let child = cmd.spawn()?;
+        // Nothing reaps the child before the thread below starts.
+        let pidfd = pidfd_of(child.id());
         let pid = child.id() as libc::pid_t;
         let (tx, rx) = oneshot::channel();
         thread::spawn(move || {
@@ -47,6 +67,10 @@ impl ExitWatch for DirectWait {
                 let _ = tx.send(code);
             }
         });
-        Ok((child, rx))
+        Ok(Spawned {
+            child,
+            exit: rx,
+            pidfd,
+        })
     }
 }

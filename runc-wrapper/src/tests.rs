@@ -121,3 +121,97 @@ async fn stopped_container_is_recognised() {
     assert!(err.is_not_running(), "{err}");
     assert!(!err.is_not_found());
 }
+
+/// An [`ExitWatch`] whose reaper wins the race with the timeout: runc's
+/// exit is reaped at once but its status is never reported, and another
+/// process is made to take runc's pid (ns_last_pid; root only).
+struct ReapedAndReused {
+    victim: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+impl ExitWatch for ReapedAndReused {
+    fn spawn(&self, cmd: &mut std::process::Command) -> std::io::Result<Spawned> {
+        let child = cmd.spawn()?;
+        let pidfd = pidfd_of(child.id());
+        let pid = child.id();
+        let mut child = child;
+        child.wait()?;
+        let mut victim = None;
+        for _ in 0..50 {
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())?;
+            let mut v = std::process::Command::new("sleep").arg("100").spawn()?;
+            if v.id() == pid {
+                victim = Some(v);
+                break;
+            }
+            let _ = v.kill();
+            let _ = v.wait();
+        }
+        *self.victim.lock().unwrap() = victim;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::mem::forget(tx);
+        Ok(Spawned {
+            child,
+            exit: rx,
+            pidfd,
+        })
+    }
+}
+
+/// Issue 14 item 4: a runc that timed out is killed through its pidfd, so
+/// the kill never hits a process that reused its pid.
+#[tokio::test]
+async fn timeout_kill_spares_a_process_that_took_runcs_pid() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot arrange a pid reuse; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let watch = Arc::new(ReapedAndReused {
+        victim: std::sync::Mutex::new(None),
+    });
+    let r = Runc::new(fake_runc(dir.path(), "exit 0"), dir.path(), watch.clone())
+        .with_timeout(Duration::from_millis(300));
+    let err = r.resume("c").await.unwrap_err();
+    assert!(matches!(err, RuncError::Timeout { .. }), "{err}");
+    let Some(mut victim) = watch.victim.lock().unwrap().take() else {
+        eprintln!("the pid was taken by another process meanwhile; skipped");
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let alive = victim.try_wait().unwrap().is_none();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert!(
+        alive,
+        "the timeout's kill hit the process that took runc's pid"
+    );
+}
+
+/// Issue 14 item 6: only runc's words about the container mean "no such
+/// container"; an exec whose binary or cwd is missing failed, nothing more.
+#[test]
+fn failures_are_classified_by_what_runc_says_about_the_container() {
+    let kind = |cmd: &str, m: &str| Failure::of(cmd, m);
+    assert_eq!(
+        kind("delete", "container does not exist"),
+        Failure::NoSuchContainer
+    );
+    assert_eq!(
+        kind("exec", "exec failed: unable to start container process: exec: \"nope\": executable file not found in $PATH"),
+        Failure::Other
+    );
+    assert_eq!(
+        kind(
+            "exec",
+            "chdir to cwd (\"/nope\") set in config.json failed: no such file or directory"
+        ),
+        Failure::Other
+    );
+    assert_eq!(kind("update", "container not running"), Failure::NotRunning);
+    assert_eq!(
+        kind("start", "cannot start an already running container"),
+        Failure::Other
+    );
+}

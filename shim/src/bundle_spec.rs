@@ -21,6 +21,22 @@ pub struct BundleSpec {
     pub oci_version: String,
     #[serde(default)]
     pub annotations: Option<HashMap<String, String>>,
+    #[serde(default)]
+    linux: Option<Linux>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Linux {
+    #[serde(default)]
+    namespaces: Option<Vec<Namespace>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Namespace {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    path: Option<String>,
 }
 
 impl BundleSpec {
@@ -45,6 +61,18 @@ impl BundleSpec {
 
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations.as_ref()?.get(key).map(String::as_str)
+    }
+
+    /// True when the container gets a pid namespace of its own (a `pid`
+    /// namespace without a path to join). Otherwise it shares one (the
+    /// pod's with shareProcessNamespace, the node's with hostPID), and its
+    /// processes outlive its init unless the shim kills them.
+    pub fn own_pid_namespace(&self) -> bool {
+        let namespaces = self.linux.as_ref().and_then(|l| l.namespaces.as_ref());
+        namespaces.is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.kind == "pid" && n.path.as_deref().unwrap_or("").is_empty())
+        })
     }
 }
 
@@ -99,6 +127,19 @@ mod tests {
         .unwrap();
         assert_eq!(s.annotation("io.kubernetes.cri.sandbox-id"), Some("abc"));
         assert_eq!(s.annotation("missing"), None);
+    }
+
+    #[test]
+    fn pid_namespace_of_its_own_or_shared() {
+        let own = br#"{"ociVersion":"1","linux":{"namespaces":[{"type":"pid"},{"type":"mount"}]}}"#;
+        assert!(BundleSpec::parse(own).unwrap().own_pid_namespace());
+        let pod = br#"{"ociVersion":"1","linux":{"namespaces":[{"type":"pid","path":"/proc/7/ns/pid"}]}}"#;
+        assert!(!BundleSpec::parse(pod).unwrap().own_pid_namespace());
+        let host = br#"{"ociVersion":"1","linux":{"namespaces":[{"type":"mount"}]}}"#;
+        assert!(!BundleSpec::parse(host).unwrap().own_pid_namespace());
+        assert!(!BundleSpec::parse(br#"{"ociVersion":"1"}"#)
+            .unwrap()
+            .own_pid_namespace());
     }
 
     #[test]

@@ -1,23 +1,26 @@
-//! What the shim knows about one container: its init process, its execs and
-//! where its files are. Guarded by a plain mutex that is only ever held for a
-//! few lines and never across an await: runc calls and I/O happen outside.
+//! What the shim knows about one container: its init process, its execs,
+//! where its files are and its life (`container_state`). Guarded by a plain
+//! mutex that is only ever held for a few lines and never across an await:
+//! runc calls and I/O happen outside.
 
 use std::{
     collections::HashMap,
     fs::File,
     path::PathBuf,
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
-use crate::bundle_spec::ExecProcessSpec;
-use runc_wrapper::Runc;
+use runc_wrapper::RuncApi;
 use tokio::sync::watch;
 use tracing::warn;
 
 use crate::{
+    bundle_spec::ExecProcessSpec,
     cgroup::OomWatch,
+    container_state::Life,
     error::{Result, ShimError},
+    process_handle::ProcessHandle,
     process_state::{Event, ExitInfo, ProcessState},
     rootfs::MountedRootfs,
     stdio::{HeldIo, StdioPaths},
@@ -37,9 +40,10 @@ pub struct Process {
     pub console: Option<File>,
     /// The exec's process spec, until Start runs it.
     pub spec: Option<ExecProcessSpec>,
-    /// Start is running runc; an exit seen meanwhile is published after TaskStart.
-    pub start_pending: bool,
-    exited: watch::Sender<Option<ExitInfo>>,
+    /// An exec's pidfd while it runs: Kill signals through it.
+    pub handle: Option<ProcessHandle>,
+    /// The exit, once its TaskExit is out (or the process is deleted).
+    told: watch::Sender<Option<ExitInfo>>,
 }
 
 impl Process {
@@ -52,26 +56,34 @@ impl Process {
             held: HeldIo::default(),
             console: None,
             spec,
-            start_pending: false,
-            exited: watch::channel(None).0,
+            handle: None,
+            told: watch::channel(None).0,
         }
     }
 
-    /// Applies one event of the state machine, with side effects that must
-    /// happen together with it.
+    /// Applies one event of the process's state machine, with the side
+    /// effects that must happen together with it.
     pub fn apply(&mut self, event: Event) -> Result<()> {
         self.state = self.state.next(event, &self.id)?;
-        if let Event::Exit(exit) = event {
-            self.held.release();
-            self.console = None;
-            self.exited.send_replace(Some(exit));
+        match event {
+            Event::Exit(_) => {
+                self.held.release();
+                self.console = None;
+                self.handle = None;
+            }
+            // Wait returns once the exit is told (or the process deleted
+            // without one), as the stock shim's does: never before.
+            Event::ExitPublished | Event::Delete if self.told.borrow().is_none() => {
+                self.told.send_replace(self.state.exit());
+            }
+            _ => {}
         }
         Ok(())
     }
 
-    /// A receiver that yields the exit once there is one (for Wait).
-    pub fn subscribe_exit(&self) -> watch::Receiver<Option<ExitInfo>> {
-        self.exited.subscribe()
+    /// A receiver that yields the exit once it is told (for Wait).
+    pub fn subscribe_told(&self) -> watch::Receiver<Option<ExitInfo>> {
+        self.told.subscribe()
     }
 }
 
@@ -80,22 +92,45 @@ impl Process {
 pub struct Container {
     pub id: String,
     pub bundle: PathBuf,
-    pub runc: Runc,
+    pub runc: Arc<dyn RuncApi>,
     pub init: Process,
     pub execs: HashMap<String, Process>,
-    /// The rootfs, when the shim mounted it.
-    pub rootfs: Option<MountedRootfs>,
-    /// Calls on this container still owed an answer; Delete waits for them.
-    pub calls_in_flight: usize,
-    /// The outcome of the `runc delete` started once the init's exit was
-    /// published (None while it runs; true when runc's state is gone).
-    /// Delete waits on it instead of calling runc itself.
-    pub runc_deleted: Option<watch::Receiver<Option<bool>>>,
+    /// The container shares a pid namespace (the pod's, the node's): at
+    /// its init's exit nothing kills the rest, so the shim does.
+    pub shares_pid_ns: bool,
+    /// The container's own state machine; changed only through the
+    /// transitions in `container_state`.
+    pub(crate) life: Life,
+    /// Bumped by every transition; whoever waits for one subscribes.
+    pub(crate) changed: watch::Sender<()>,
     /// The watch of the container's OOM kills (None without a memory cgroup).
     pub oom: Option<OomWatch>,
 }
 
+/// A container as the task service shares it between calls.
+pub type Shared = Arc<Mutex<Container>>;
+
 impl Container {
+    pub fn new(
+        id: String,
+        bundle: PathBuf,
+        runc: Arc<dyn RuncApi>,
+        init: Process,
+        rootfs: Option<MountedRootfs>,
+    ) -> Self {
+        Container {
+            id,
+            bundle,
+            runc,
+            init,
+            execs: HashMap::new(),
+            shares_pid_ns: false,
+            oom: None,
+            life: Life::created(rootfs),
+            changed: watch::channel(()).0,
+        }
+    }
+
     /// The init for an empty exec id, otherwise that exec.
     pub fn process(&self, exec_id: &str) -> Result<&Process> {
         if exec_id.is_empty() {
@@ -135,6 +170,11 @@ impl Container {
     pub fn has_running_execs(&self) -> bool {
         self.execs.values().any(|p| p.state.is_alive() && p.pid > 0)
     }
+
+    /// A receiver that sees every later transition of this container.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
 }
 
 /// A lock wait longer than this is logged: it should never happen, since
@@ -150,4 +190,30 @@ pub fn lock(c: &Mutex<Container>) -> MutexGuard<'_, Container> {
         warn!(id = %guard.id, ?waited, "slow container lock wait");
     }
     guard
+}
+
+/// Waits until `ready` holds for the container, re-checking at each of its
+/// transitions (no polling), or until `bound` passes. Returns what `ready`
+/// returned last: Some when it held.
+pub async fn wait_until<T>(
+    c: &Mutex<Container>,
+    bound: Duration,
+    mut ready: impl FnMut(&Container) -> Option<T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let mut changed = {
+            let g = lock(c);
+            if let Some(v) = ready(&g) {
+                return Some(v);
+            }
+            g.subscribe()
+        };
+        // The receiver was made under the lock after the check: any later
+        // transition wakes it.
+        match tokio::time::timeout_at(deadline, changed.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => return ready(&lock(c)),
+        }
+    }
 }

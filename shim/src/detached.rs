@@ -19,13 +19,22 @@ use std::{
 
 use tokio::sync::Notify;
 
+/// The count survives a panic elsewhere: a poisoned lock is still the count.
+fn lock(m: &Mutex<Running>) -> std::sync::MutexGuard<'_, Running> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// What a piece of detached work touches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum WorkKey {
     /// A mount target or an overlay workdir.
     Path(PathBuf),
-    /// runc's state of a container id.
+    /// runc's state of a container id (its early `runc delete`, the undo
+    /// of a failed Create).
     Container(String),
+    /// A runc call on a container id that went on detached after its
+    /// caller had its answer (`runc_until_exit`, the kill at the exit).
+    RuncCall(String),
 }
 
 #[derive(Debug, Default)]
@@ -59,7 +68,7 @@ pub struct Job {
 impl Detached {
     /// Registers a job touching `keys`.
     pub fn begin(&self, keys: Vec<WorkKey>) -> Job {
-        let mut running = self.shared.running.lock().unwrap();
+        let mut running = lock(&self.shared.running);
         running.jobs += 1;
         for k in &keys {
             *running.keys.entry(k.clone()).or_default() += 1;
@@ -73,11 +82,11 @@ impl Detached {
 
     /// How many jobs are running.
     pub fn pending(&self) -> usize {
-        self.shared.running.lock().unwrap().jobs
+        lock(&self.shared.running).jobs
     }
 
     fn any_busy(&self, keys: &[WorkKey]) -> bool {
-        let running = self.shared.running.lock().unwrap();
+        let running = lock(&self.shared.running);
         keys.iter().any(|k| running.keys.contains_key(k))
     }
 
@@ -114,7 +123,7 @@ impl Detached {
 
 impl Drop for Job {
     fn drop(&mut self) {
-        let mut running = self.shared.running.lock().unwrap();
+        let mut running = lock(&self.shared.running);
         running.jobs -= 1;
         for k in &self.keys {
             if let Some(n) = running.keys.get_mut(k) {

@@ -50,6 +50,14 @@ pub enum ShimError {
     #[error(transparent)]
     Runc(#[from] RuncError),
 
+    /// A bug: the request panicked. Only that request fails.
+    #[error("internal error: the shim's {0} call failed unexpectedly; see the shim log")]
+    Panicked(&'static str),
+
+    /// The shim decided to exit; it takes no new container.
+    #[error("the shim is shutting down")]
+    ShuttingDown,
+
     #[error("{0} is not supported by brisk")]
     Unimplemented(&'static str),
 
@@ -87,6 +95,8 @@ impl ShimError {
                 Code::INVALID_ARGUMENT
             }
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
+            ShimError::ShuttingDown => Code::UNAVAILABLE,
+            ShimError::Panicked(_) => Code::INTERNAL,
             ShimError::Runc(e) if e.is_not_found() => Code::NOT_FOUND,
             ShimError::Runc(RuncError::Timeout { .. }) => Code::DEADLINE_EXCEEDED,
             ShimError::Runc(RuncError::Spawn { .. }) => Code::FAILED_PRECONDITION,

@@ -44,9 +44,16 @@ impl EventSink {
     /// Forward events to containerd's ttrpc socket at `address` (a path, as
     /// containerd passes it in `TTRPC_ADDRESS`).
     pub fn new(address: String, namespace: String) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (sink, rx) = Self::channel(namespace);
         tokio::spawn(forward_all(address, rx));
-        EventSink { tx, namespace }
+        sink
+    }
+
+    /// A sink whose envelopes, in order, come out of the returned receiver
+    /// (the forwarder's input; a recorder's in the task service's tests).
+    pub fn channel(namespace: String) -> (Self, mpsc::UnboundedReceiver<Envelope>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (EventSink { tx, namespace }, rx)
     }
 
     /// A sink that drops events, for tests without containerd.

@@ -5,9 +5,11 @@
 //! - [`bootstrap`]: the binary's actions as containerd runs it: [`start`]
 //!   (stdin decoded by [`start_input`], socket by [`shim_socket`]), [`serve`],
 //!   [`dead_shim`] (`delete`) and [`info`] (`-info`).
-//! - [`task_service`]: the Task API handlers.
-//! - [`container`] and [`process_state`]: what is known about each container and
-//!   the state machine of each process.
+//! - [`task_service`]: the Task API, one module per lifecycle step.
+//! - [`container`], [`container_state`] and [`process_state`]: what is known
+//!   about each container, the state machine of each container and that of
+//!   each process.
+//! - [`platform`]: what the service asks of the machine (runc, mounts).
 //! - [`reaper`]: the only `waitpid` of the shim.
 //! - [`detached`]: unmounts and `runc delete`s no call waits for.
 //! - [`rootfs`], [`stdio`], [`cgroup`], [`events`], [`config`]: the parts.
@@ -15,17 +17,18 @@
 
 pub mod bootstrap;
 pub mod bundle_spec;
-pub mod canary;
 pub mod cgroup;
 pub mod config;
 pub mod container;
+pub mod container_state;
 pub mod dead_shim;
 pub mod detached;
-pub mod doctor;
 pub mod error;
 pub mod events;
 pub mod info;
 pub mod logging;
+pub mod platform;
+pub mod process_handle;
 pub mod process_state;
 pub mod protos;
 pub mod reaper;

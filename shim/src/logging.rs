@@ -2,8 +2,19 @@
 //! which containerd reads and merges into its own log. Lines use containerd's
 //! own format (`time="..." level=info msg="..." key=value`), so operators can
 //! grep shim and containerd lines alike.
+//!
+//! The FIFO is written without blocking: the shim runs on one thread, and
+//! a containerd that stops reading (stuck, or restarting) must not stop the
+//! shim with it. A line that does not fit in the pipe is dropped and
+//! counted; the next line that fits is preceded by how many were lost.
 
-use std::{fmt, fs::OpenOptions, sync::Mutex};
+use std::{
+    fmt,
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 use tracing::{
@@ -12,7 +23,7 @@ use tracing::{
 };
 use tracing_subscriber::{
     filter::LevelFilter,
-    fmt::{format::Writer, FmtContext, FormatEvent, FormatFields},
+    fmt::{format::Writer, FmtContext, FormatEvent, FormatFields, MakeWriter},
     registry::LookupSpan,
 };
 
@@ -28,13 +39,107 @@ pub fn init(debug: bool) {
         .with_ansi(false)
         .event_format(Logfmt);
     // containerd opens the reading end before it starts the shim.
-    match OpenOptions::new().write(true).open("log") {
+    let fifo = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("log");
+    match fifo {
         Ok(fifo) => {
-            let _ = builder.with_writer(Mutex::new(fifo)).try_init();
+            let _ = builder.with_writer(FifoLog::new(fifo)).try_init();
         }
         Err(_) => {
             let _ = builder.with_writer(std::io::stderr).try_init();
         }
+    }
+}
+
+/// Writes to a pipe open with `O_NONBLOCK`, one line per write: a line of
+/// at most `PIPE_BUF` bytes goes in whole or not at all, so lines never
+/// interleave or tear, and a full pipe costs a dropped line, never a wait.
+pub struct FifoLog {
+    pipe: File,
+    dropped: AtomicU64,
+}
+
+/// The most the kernel writes to a pipe at once (POSIX `PIPE_BUF`).
+const PIPE_BUF: usize = 4096;
+
+impl FifoLog {
+    /// `pipe` must be open non-blocking.
+    pub fn new(pipe: File) -> Self {
+        FifoLog {
+            pipe,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Lines dropped and not yet reported.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// One write of one line; false when the pipe had no room for it.
+    fn put(&self, line: &[u8]) -> bool {
+        let line = truncate_line(line);
+        match (&self.pipe).write(&line) {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            // A reader that went away or any other error: nothing to wait for.
+            Err(_) => false,
+        }
+    }
+
+    fn write_line(&self, line: &[u8]) {
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            let now = OffsetDateTime::now_utc()
+                .format(&Rfc3339)
+                .unwrap_or_default();
+            let notice = format!(
+                "time=\"{now}\" level=warning msg=\"log lines dropped: containerd did not read the shim log\" dropped={dropped} runtime=io.containerd.brisk.v2\n"
+            );
+            if !self.put(notice.as_bytes()) {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.dropped.fetch_sub(dropped, Ordering::Relaxed);
+        }
+        if !self.put(line) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A line cut to what the pipe takes in one piece, still ending in a newline.
+fn truncate_line(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if line.len() <= PIPE_BUF {
+        return line.into();
+    }
+    let mut cut = line[..PIPE_BUF - 4].to_vec();
+    cut.extend_from_slice("…\n".as_bytes());
+    cut.into()
+}
+
+/// What the formatter writes one event into.
+pub struct LineWriter<'a>(&'a FifoLog);
+
+impl Write for LineWriter<'_> {
+    /// The formatter hands over a whole line at once; it always "fits".
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_line(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for FifoLog {
+    type Writer = LineWriter<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LineWriter(self)
     }
 }
 
@@ -119,7 +224,53 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::quote;
+    use std::{io::Read, os::fd::OwnedFd};
+
+    use super::*;
+
+    fn pipe() -> (File, File) {
+        let (r, w): (OwnedFd, OwnedFd) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .unwrap();
+        (File::from(r), File::from(w))
+    }
+
+    #[test]
+    fn a_full_pipe_drops_lines_and_never_blocks() {
+        let (mut r, w) = pipe();
+        let log = FifoLog::new(w);
+        let line = format!("{}\n", "x".repeat(199));
+        // Far more than the pipe holds (64 KiB by default): none blocks.
+        let started = std::time::Instant::now();
+        for _ in 0..2000 {
+            log.make_writer().write_all(line.as_bytes()).unwrap();
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        let dropped = log.dropped();
+        assert!(dropped > 0, "nothing dropped");
+        // containerd reads again: the next line says what was lost.
+        let mut buf = vec![0u8; 1 << 20];
+        let n = r.read(&mut buf).unwrap();
+        assert_eq!(n % line.len(), 0, "a torn line in {n} bytes");
+        log.make_writer().write_all(b"after\n").unwrap();
+        let n = r.read(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.contains(&format!("dropped={dropped}")), "{text}");
+        assert!(text.ends_with("after\n"), "{text}");
+        assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn a_long_line_is_cut_to_one_pipe_write() {
+        let (mut r, w) = pipe();
+        let log = FifoLog::new(w);
+        let long = format!("{}\n", "y".repeat(10_000));
+        log.make_writer().write_all(long.as_bytes()).unwrap();
+        let mut buf = vec![0u8; 20_000];
+        let n = r.read(&mut buf).unwrap();
+        assert!(n <= PIPE_BUF, "{n}");
+        assert!(buf[..n].ends_with("…\n".as_bytes()));
+    }
 
     #[test]
     fn values_are_quoted_like_logrus() {

@@ -1,7 +1,7 @@
 //! `containerd-shim-brisk-v2`: the binary containerd runs for runtime type
 //! `io.containerd.brisk.v2`.
 
-use brisk_shim::{bootstrap, doctor, volatile};
+use brisk_shim::{bootstrap, volatile};
 
 fn main() {
     // containerd under systemd (Type=notify) hands its NOTIFY_SOCKET to every
@@ -23,9 +23,6 @@ fn main() {
         };
         println!("overlayfs volatile: {volatile}");
         return;
-    }
-    if args.get(1).map(String::as_str) == Some("doctor") {
-        std::process::exit(doctor::run_all());
     }
     std::process::exit(bootstrap::run(&args));
 }

@@ -28,6 +28,16 @@ pub struct ExitInfo {
     pub at: SystemTime,
 }
 
+impl ExitInfo {
+    /// What is reported for a process that never ran: status 0, now.
+    pub fn now() -> Self {
+        ExitInfo {
+            status: 0,
+            at: SystemTime::now(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcessState {
     /// runc created it (init) or the exec was registered; not started.
@@ -83,10 +93,11 @@ impl ProcessState {
                 status: 0,
                 at: SystemTime::now(),
             }),
-            // Delete may overtake the exit event (an init waiting for its
-            // execs); the event is still published afterwards.
+            // A stopped process is deleted. So is an exiting one, but only
+            // when its exit is never to be told: a created container's init
+            // that its own Delete's forced `runc delete` killed (Delete of a
+            // started container waits for its TaskExit, container_state).
             (Exiting(e) | Stopped(e), Event::Delete) => Deleted(e),
-            (Deleted(e), Event::ExitPublished) => Deleted(e),
             (state, event) => {
                 return Err(ShimError::InvalidState {
                     what: what.to_string(),
@@ -174,14 +185,12 @@ mod tests {
     }
 
     #[test]
-    fn delete_may_overtake_the_exit_event() {
+    fn a_deleted_process_stays_deleted() {
         let s = ProcessState::Exiting(exit())
             .next(Event::Delete, "c")
             .unwrap();
-        assert_eq!(
-            s.next(Event::ExitPublished, "c").unwrap(),
-            ProcessState::Deleted(exit())
-        );
+        assert_eq!(s, ProcessState::Deleted(exit()));
+        assert!(s.next(Event::ExitPublished, "c").is_err());
         assert!(s.next(Event::Delete, "c").is_err());
     }
 

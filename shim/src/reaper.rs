@@ -11,8 +11,8 @@
 use std::{
     collections::HashMap,
     io,
-    process::{Child, Command},
-    sync::{Arc, Mutex},
+    process::Command,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -21,9 +21,11 @@ use nix::{
     sys::wait::{waitpid, WaitPidFlag, WaitStatus},
     unistd::Pid,
 };
-use runc_wrapper::ExitWatch;
+use runc_wrapper::{ExitWatch, Spawned};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
+
+use crate::process_handle::ProcessHandle;
 
 /// How long an exit that nobody watched is kept.
 const UNCLAIMED_TTL: Duration = Duration::from_secs(120);
@@ -43,6 +45,37 @@ struct Table {
     unclaimed: HashMap<i32, (Instant, Exit)>,
 }
 
+impl Table {
+    fn watch(&mut self, pid: i32, since: Instant) -> oneshot::Receiver<Exit> {
+        let (tx, rx) = oneshot::channel();
+        match self.unclaimed.remove(&pid) {
+            Some((reaped, exit)) if reaped >= since => {
+                let _ = tx.send(exit);
+            }
+            _ => {
+                self.watchers.insert(pid, (since, tx));
+            }
+        }
+        rx
+    }
+
+    fn deliver(&mut self, exit: Exit) {
+        let now = Instant::now();
+        if let Some((_, tx)) = self.watchers.remove(&exit.pid) {
+            let _ = tx.send(exit);
+            return;
+        }
+        self.unclaimed
+            .retain(|_, (at, _)| now.duration_since(*at) < UNCLAIMED_TTL);
+        self.unclaimed.insert(exit.pid, (now, exit));
+    }
+}
+
+/// The shim's reaper. Reaping (`waitpid`) and delivering an exit happen
+/// under the table's lock, and so does opening a process handle in
+/// [`Reaper::watch_with_handle`] and [`ExitWatch::spawn`]: a pid is never
+/// reaped between the moment it is known to be ours and the moment its
+/// handle is opened, so a handle never refers to a process that reused it.
 #[derive(Default, Clone)]
 pub struct Reaper {
     table: Arc<Mutex<Table>>,
@@ -66,29 +99,39 @@ impl Reaper {
         Ok(reaper)
     }
 
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Reports the exit of `pid` through the returned receiver. `since` is
     /// when the process was spawned; exits reaped before it are stale.
     pub fn watch(&self, pid: i32, since: Instant) -> oneshot::Receiver<Exit> {
-        let (tx, rx) = oneshot::channel();
-        let mut t = self.table.lock().unwrap();
-        match t.unclaimed.remove(&pid) {
-            Some((reaped, exit)) if reaped >= since => {
-                let _ = tx.send(exit);
-            }
-            _ => {
-                t.watchers.insert(pid, (since, tx));
-            }
-        }
-        rx
+        self.lock().watch(pid, since)
+    }
+
+    /// [`Reaper::watch`], and a handle on the process to signal it by,
+    /// unless it was reaped already (then its exit is in the receiver).
+    pub fn watch_with_handle(
+        &self,
+        pid: i32,
+        since: Instant,
+    ) -> (oneshot::Receiver<Exit>, Option<ProcessHandle>) {
+        let mut t = self.lock();
+        // Reaped already: the pid may belong to someone else by now.
+        let reaped = matches!(t.unclaimed.get(&pid), Some((at, _)) if *at >= since);
+        let rx = t.watch(pid, since);
+        let handle = (!reaped).then(|| ProcessHandle::open(pid).ok()).flatten();
+        (rx, handle)
     }
 
     /// Drops interest in `pid`, e.g. when runc failed before the process ran.
     pub fn unwatch(&self, pid: i32) {
-        self.table.lock().unwrap().watchers.remove(&pid);
+        self.lock().watchers.remove(&pid);
     }
 
     fn reap_all(&self) {
         loop {
+            let mut t = self.lock();
             let exit = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, code),
                 Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, 128 + sig as i32),
@@ -103,7 +146,7 @@ impl Reaper {
                     return;
                 }
             };
-            self.deliver(Exit {
+            t.deliver(Exit {
                 pid: exit.0.as_raw(),
                 status: exit.1,
                 at: SystemTime::now(),
@@ -111,32 +154,34 @@ impl Reaper {
         }
     }
 
-    fn deliver(&self, exit: Exit) {
-        let now = Instant::now();
-        let mut t = self.table.lock().unwrap();
-        if let Some((_, tx)) = t.watchers.remove(&exit.pid) {
-            drop(t);
-            let _ = tx.send(exit);
-            return;
-        }
-        t.unclaimed
-            .retain(|_, (at, _)| now.duration_since(*at) < UNCLAIMED_TTL);
-        t.unclaimed.insert(exit.pid, (now, exit));
+    /// Hands an exit to whoever watches its pid, or keeps it for a watch
+    /// to come.
+    pub fn deliver(&self, exit: Exit) {
+        self.lock().deliver(exit);
     }
 }
 
 impl ExitWatch for Reaper {
-    fn spawn(&self, cmd: &mut Command) -> io::Result<(Child, oneshot::Receiver<i32>)> {
+    fn spawn(&self, cmd: &mut Command) -> io::Result<Spawned> {
         let since = Instant::now();
-        let child = cmd.spawn()?;
-        let exit = self.watch(child.id() as i32, since);
+        let (child, exit, pidfd) = {
+            let mut t = self.lock();
+            let child = cmd.spawn()?;
+            let pid = child.id() as i32;
+            let pidfd = ProcessHandle::open(pid).ok().map(ProcessHandle::into_fd);
+            (child, t.watch(pid, since), pidfd)
+        };
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
             if let Ok(e) = exit.await {
                 let _ = tx.send(e.status);
             }
         });
-        Ok((child, rx))
+        Ok(Spawned {
+            child,
+            exit: rx,
+            pidfd,
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -16,6 +17,7 @@ use tracing::{info, warn};
 use crate::{
     detached::{Detached, WorkKey},
     error::{Result, ShimError},
+    platform::Platform,
 };
 
 /// Unmounts slower than this are logged as warnings.
@@ -215,13 +217,18 @@ pub fn work_keys(target: &Path, workdirs: &[PathBuf]) -> Vec<WorkKey> {
 /// The worker holds no lock: nothing another call needs can wait on it.
 /// Failures are retried with a log line each, and logged as errors when
 /// retries run out.
-pub fn unmount_detached(work: &Detached, id: String, rootfs: MountedRootfs) {
+pub fn unmount_detached(
+    work: &Detached,
+    platform: Arc<dyn Platform>,
+    id: String,
+    rootfs: MountedRootfs,
+) {
     let job = work.begin(work_keys(&rootfs.target, &rootfs.volatile_workdirs));
     tokio::task::spawn_blocking(move || {
         let _job = job;
         let mut attempt = 1;
         loop {
-            match unmount_all(&rootfs.target) {
+            match platform.unmount(&rootfs.target) {
                 Ok(_) => {
                     crate::volatile::clear_markers(&rootfs.volatile_workdirs);
                     break;

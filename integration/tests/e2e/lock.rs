@@ -1,7 +1,8 @@
 //! Lock discipline: runc hangs in `update`, `ps` and `delete` of one
 //! container (a runc wrapper waits ~20 s), and meanwhile State, Wait, Kill
 //! and the rest on that container, and every call on the pod's other
-//! containers, still answer at once.
+//! containers, still answer at once. The container's `runc delete` waits
+//! for its hung `update` and `ps` (never beside them).
 //!
 //! Shim calls are timed on a ttrpc connection to the pod's shim (no process
 //! start-up in the measurement); CRI calls through containerd.
@@ -202,6 +203,16 @@ fn hung_runc_blocks_no_other_call() {
         assert!(u.message.contains("exiting"), "{u}");
         assert_eq!(ok("Pids a", p), Vec::<u32>::new());
 
+        // --- runc delete of a (started at the published exit) waits for
+        // the runc calls on a still running detached: never beside them.
+        std::thread::sleep(Duration::from_secs(1));
+        let hung = wrapper.hung();
+        assert!(
+            !hung.iter().any(|(s, i)| s == "delete" && i == &a),
+            "runc delete of a ran beside its hung runc update and ps: {hung:?}"
+        );
+        wrapper.release("update");
+        wrapper.release("ps");
         // --- CRI's exit handling calls Delete a, whose runc delete hangs too.
         wrapper
             .wait_hung("delete", &a, Duration::from_secs(15))
@@ -244,7 +255,7 @@ fn hung_runc_blocks_no_other_call() {
             "{ls:?}"
         );
 
-        // runc itself is still hung: nothing above waited for it.
+        // runc delete is still hung: nothing above waited for it.
         let hung = wrapper.hung();
         for sub in ["update", "ps", "delete"] {
             assert!(hung.iter().any(|(s, i)| s == sub && i == &a), "{hung:?}");

@@ -14,6 +14,7 @@ mod features;
 mod lifecycle;
 mod lock;
 mod restart;
+mod shared_pid;
 mod shim_kill;
 mod soak;
 mod volatile;

@@ -1,9 +1,9 @@
-//! `containerd-shim-brisk-v2 doctor`: checks what a node needs before brisk
+//! `brisk-ctl doctor`: checks what a node needs before brisk
 //! runs there, and prints one verdict per check.
 
 use std::{fmt, os::unix::net::UnixStream, path::Path, process::Command};
 
-use crate::volatile;
+use brisk_shim::volatile;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -1,9 +1,12 @@
 //! `brisk-ctl`: install brisk on a node, swap it in on a canary node, roll
-//! back, and show which pods run under which shim.
+//! back, show which pods run under which shim, and check the node.
+
+mod canary;
+mod doctor;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use brisk_shim::canary::{sandbox_image_in, CtlError, Node, BRISK_RUNTIME_TYPE, SHIM_NAME};
+use canary::{sandbox_image_in, CtlError, Node, BRISK_RUNTIME_TYPE, SHIM_NAME};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -74,6 +77,10 @@ enum Cmd {
     /// Remove a hand-installed shim binary; refuses while any task uses
     /// brisk, and leaves the Debian package's to apt.
     Uninstall,
+    /// Check what the node needs before brisk runs there: volatile support,
+    /// containerd and its config, runc, cgroups, leftover sockets and
+    /// mounts. Exits 1 when a check fails.
+    Doctor,
 }
 
 /// CRI's sandbox image, from `containerd config dump` of the current config.
@@ -98,6 +105,11 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         ctr: cli.ctr,
     };
     match cli.command {
+        Cmd::Doctor => {
+            if doctor::run_all() != 0 {
+                return Err(CtlError::Command("the node is not ready for brisk".into()));
+            }
+        }
         Cmd::Install { from } => {
             let from = match from {
                 Some(f) => f,

@@ -1,0 +1,56 @@
+//! What the task service asks of the machine, behind one trait: a runc for
+//! a container's settings, and the mount and unmount of a rootfs. [`System`]
+//! is the real machine; the unit tests of the task service put a fake in its
+//! place, so that they run without root, runc or mounts.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use containerd_shim_protos::api::Mount;
+use runc_wrapper::{Runc, RuncApi};
+
+use crate::{config::RuntimeConfig, error::Result, reaper::Reaper, rootfs};
+
+pub trait Platform: Send + Sync {
+    /// The runc that runs a container with these settings.
+    fn runc(&self, cfg: &RuntimeConfig) -> Arc<dyn RuncApi>;
+    /// Mounts `mounts` in order on `target`; on failure nothing of them
+    /// stays mounted. Blocking.
+    fn mount(&self, mounts: &[Mount], target: &Path) -> Result<()>;
+    /// Unmounts everything on `target`; nothing mounted there is success.
+    /// Blocking.
+    fn unmount(&self, target: &Path) -> Result<Duration>;
+}
+
+/// The machine the shim runs on: the runc binary (whose exits come from the
+/// shim's reaper) and the kernel's mounts.
+pub struct System {
+    reaper: Reaper,
+}
+
+impl System {
+    pub fn new(reaper: Reaper) -> Self {
+        System { reaper }
+    }
+}
+
+impl Platform for System {
+    fn runc(&self, cfg: &RuntimeConfig) -> Arc<dyn RuncApi> {
+        Arc::new(
+            Runc::new(
+                &cfg.runc_binary,
+                &cfg.runc_root,
+                Arc::new(self.reaper.clone()),
+            )
+            .with_systemd_cgroup(cfg.systemd_cgroup)
+            .with_timeout(Duration::from_secs(cfg.runc_timeout_secs)),
+        )
+    }
+
+    fn mount(&self, mounts: &[Mount], target: &Path) -> Result<()> {
+        rootfs::mount_all(mounts, target)
+    }
+
+    fn unmount(&self, target: &Path) -> Result<Duration> {
+        rootfs::unmount_all(target)
+    }
+}

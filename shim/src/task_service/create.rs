@@ -1,0 +1,284 @@
+//! Create: reserve the id, read the bundle and settings, mount the rootfs,
+//! `runc create`, register. What each step set up is recorded in a
+//! [`Rollback`], which undoes it (runc's state, the mounts, the volatile
+//! markers) when a later step fails, or when the Create goes away before it
+//! registered the container: a failed Create leaves nothing behind.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use containerd_shim_protos::{
+    api,
+    events::task::{TaskCreate, TaskIO},
+    protobuf::MessageField,
+    topics,
+};
+use runc_wrapper::{CreateOpts, RuncApi};
+use tracing::{debug, info, warn};
+
+use super::TaskService;
+use crate::{
+    bundle_spec::BundleSpec,
+    config::RuntimeConfig,
+    container::{Container, Process},
+    detached::{Job, WorkKey},
+    error::{Result, ShimError},
+    platform::Platform,
+    rootfs::{self, MountedRootfs},
+    stdio::{self, ConsoleSocket, StdioPaths},
+    volatile,
+};
+
+/// How long Create waits for runc to send a terminal's pty master.
+pub(super) const CONSOLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a Create has set up so far, undone unless the Create succeeds.
+struct Rollback {
+    platform: Arc<dyn Platform>,
+    id: String,
+    /// runc was asked to create the container (it may have left state
+    /// behind even when it failed).
+    runc: Option<Arc<dyn RuncApi>>,
+    rootfs: Option<MountedRootfs>,
+    /// Keeps the id and the rootfs paths busy until the undo is done.
+    job: Option<Job>,
+}
+
+impl Rollback {
+    /// Everything is in place: nothing is to be undone.
+    fn commit(mut self) -> Option<MountedRootfs> {
+        self.runc = None;
+        self.job = None;
+        self.rootfs.take()
+    }
+
+    /// Undoes what was set up, in reverse order, and returns when done.
+    async fn undo(mut self) {
+        let (platform, id) = (self.platform.clone(), self.id.clone());
+        let (runc, rootfs, job) = (self.runc.take(), self.rootfs.take(), self.job.take());
+        undo(platform, id, runc, rootfs, job).await;
+    }
+}
+
+impl Drop for Rollback {
+    /// A Create dropped midway (its caller went away) still leaves nothing
+    /// behind: the undo runs on its own.
+    fn drop(&mut self) {
+        if self.runc.is_some() || self.rootfs.is_some() {
+            let (platform, id) = (self.platform.clone(), self.id.clone());
+            let (runc, rootfs, job) = (self.runc.take(), self.rootfs.take(), self.job.take());
+            tokio::spawn(undo(platform, id, runc, rootfs, job));
+        }
+    }
+}
+
+async fn undo(
+    platform: Arc<dyn Platform>,
+    id: String,
+    runc: Option<Arc<dyn RuncApi>>,
+    rootfs: Option<MountedRootfs>,
+    job: Option<Job>,
+) {
+    let _job = job;
+    if let Some(runc) = runc {
+        match runc.delete(&id, true).await {
+            Ok(()) => debug!(id, "runc state of the failed create removed"),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => warn!(id, error = %e, "runc delete --force after a failed create"),
+        }
+    }
+    if let Some(r) = rootfs {
+        let _ = tokio::task::spawn_blocking(move || match platform.unmount(&r.target) {
+            Ok(_) => volatile::clear_markers(&r.volatile_workdirs),
+            Err(e) => {
+                warn!(target = %r.target.display(), error = %e, "unmount after a failed create")
+            }
+        })
+        .await;
+    }
+}
+
+impl TaskService {
+    pub(super) async fn create(&self, req: &api::CreateTaskRequest) -> Result<i32> {
+        let id = req.id.clone();
+        if id.is_empty() {
+            return Err(ShimError::InvalidArgument("container id is empty".into()));
+        }
+        let reservation = self.inner.registry.reserve(&id)?;
+        if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
+            return Err(ShimError::Unimplemented("restoring from a checkpoint"));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = BundleSpec::load(&bundle)?;
+        let cfg = RuntimeConfig::from_create_options(&self.inner.namespace, req.options.as_ref())?;
+        cfg.save(&bundle)?;
+        let runc = self.inner.platform.runc(&cfg);
+
+        // A previous container of this id may still be leaving runc.
+        let runc_keys = [
+            WorkKey::Container(id.clone()),
+            WorkKey::RuncCall(id.clone()),
+        ];
+        self.wait_work_free(&id, &runc_keys).await;
+        let mut rollback = Rollback {
+            platform: self.inner.platform.clone(),
+            id: id.clone(),
+            runc: None,
+            rootfs: None,
+            job: None,
+        };
+        if !req.rootfs.is_empty() {
+            let mounted = self.mount_rootfs(&id, &bundle, &spec, &cfg, req).await?;
+            let keys = rootfs::work_keys(&mounted.target, &mounted.volatile_workdirs);
+            rollback.job = Some(self.inner.detached.begin(keys));
+            rollback.rootfs = Some(mounted);
+        }
+
+        let paths = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let mut init = Process::new(id.clone(), paths.clone(), None);
+        let since = Instant::now();
+        rollback.runc = Some(runc.clone());
+        let created = run_create(&*runc, &id, &bundle, &cfg, &paths, &mut init).await;
+        if let Err(e) = created {
+            warn!(id, error = %e, "create failed, cleaning up");
+            rollback.undo().await;
+            return Err(e);
+        }
+        let pid = init.pid;
+        let mut container = Container::new(id.clone(), bundle, runc, init, rollback.commit());
+        container.shares_pid_ns = !spec.own_pid_namespace();
+        let container = Arc::new(Mutex::new(container));
+        self.inner.registry.insert(reservation, container.clone());
+        // Before the container runs: no kill can come before the watch.
+        let oom = self.watch_oom(id.clone(), pid);
+        crate::container::lock(&container).oom = oom;
+        let exit = self.inner.reaper.watch(pid, since);
+        self.watch_exit(container, String::new(), exit);
+        self.inner.events.send(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            TaskCreate {
+                container_id: id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                pid: pid as u32,
+                ..Default::default()
+            },
+        );
+        info!(id, pid, "container created");
+        Ok(pid)
+    }
+
+    /// Mounts the request's rootfs on `bundle/rootfs`, volatile where
+    /// wanted and supported. On failure nothing of it stays mounted.
+    async fn mount_rootfs(
+        &self,
+        id: &str,
+        bundle: &Path,
+        spec: &BundleSpec,
+        cfg: &RuntimeConfig,
+        req: &api::CreateTaskRequest,
+    ) -> Result<MountedRootfs> {
+        let target = rootfs::rootfs_of(bundle);
+        let mut mounts = req.rootfs.clone();
+        // The previous container of this bundle or snapshot may still be
+        // unmounting; its worker must be done before we mount there.
+        let workdirs: Vec<PathBuf> = mounts
+            .iter()
+            .flat_map(|m| &m.options)
+            .filter_map(|o| o.strip_prefix("workdir="))
+            .map(PathBuf::from)
+            .collect();
+        self.wait_work_free(id, &rootfs::work_keys(&target, &workdirs))
+            .await;
+        let enable = cfg.volatile && volatile_wanted(spec);
+        let discard = cfg.discard_dirty_volatile_workdir;
+        let (platform, t) = (self.inner.platform.clone(), target.clone());
+        let started = Instant::now();
+        let volatile_workdirs = tokio::task::spawn_blocking(move || {
+            let workdirs = volatile::prepare(&mut mounts, enable, discard)?;
+            match platform.mount(&mounts, &t) {
+                Ok(()) => Ok(workdirs),
+                Err(e) => {
+                    // The mount unmounted what it had mounted: clean.
+                    volatile::clear_markers(&workdirs);
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| ShimError::Other(format!("mount task: {e}")))??;
+        info!(id, took = ?started.elapsed(), volatile = !volatile_workdirs.is_empty(), "rootfs mounted");
+        Ok(MountedRootfs {
+            target,
+            volatile_workdirs,
+        })
+    }
+}
+
+/// `runc create` with the process's stdio, filling in `init.pid`.
+async fn run_create(
+    runc: &dyn RuncApi,
+    id: &str,
+    bundle: &Path,
+    cfg: &RuntimeConfig,
+    paths: &StdioPaths,
+    init: &mut Process,
+) -> Result<()> {
+    let pid_file = bundle.join("init.pid");
+    let mut opts = CreateOpts {
+        pid_file: pid_file.clone(),
+        no_pivot: cfg.no_pivot_root,
+        no_new_keyring: cfg.no_new_keyring,
+        ..Default::default()
+    };
+    if paths.terminal {
+        let console = ConsoleSocket::new()?;
+        opts.console_socket = Some(console.path().to_path_buf());
+        let (created, master) = tokio::join!(runc.create(id, bundle, opts), async {
+            tokio::time::timeout(CONSOLE_TIMEOUT, console.receive_master()).await
+        });
+        created?;
+        let master =
+            master.map_err(|_| ShimError::Other("runc sent no pty master within 30s".into()))??;
+        init.console = Some(stdio::start_pty_copy(master, paths)?);
+    } else {
+        let (io, held) = stdio::open_direct(paths)?;
+        opts.io = io;
+        runc.create(id, bundle, opts).await?;
+        init.held = held;
+    }
+    init.pid = read_pid(&pid_file).await?;
+    Ok(())
+}
+
+/// False when the pod asked for no volatile rootfs through the annotation.
+fn volatile_wanted(spec: &BundleSpec) -> bool {
+    let off = spec
+        .annotation(volatile::ANNOTATION)
+        .is_some_and(|v| v.eq_ignore_ascii_case("false"));
+    !off
+}
+
+pub(super) async fn read_pid(path: &Path) -> Result<i32> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| ShimError::io(format!("read pid file {}", path.display()), e))?;
+    text.trim()
+        .parse()
+        .map_err(|_| ShimError::Other(format!("pid file {} holds {:?}", path.display(), text)))
+}

@@ -1,0 +1,159 @@
+//! Calls that read what the shim knows, or the container's cgroup: State,
+//! Wait, Pids, Stats, Connect, and the stdio calls ResizePty and CloseIO.
+//! State and Wait never call runc, so they answer at once whatever runc or
+//! an unmount is doing.
+
+use std::collections::HashMap;
+
+use containerd_shim_protos::{api, protobuf::MessageField};
+
+use super::{runc_call::CallInFlight, runc_call::Outcome, timestamp, TaskService};
+use crate::{
+    cgroup, container,
+    error::{Result, ShimError},
+    process_state::ExitInfo,
+    stdio,
+};
+
+impl TaskService {
+    pub(super) fn state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse> {
+        let c = self.container(id)?;
+        let g = container::lock(&c);
+        let p = g.process(exec_id)?;
+        let mut resp = api::StateResponse {
+            id: if exec_id.is_empty() {
+                g.id.clone()
+            } else {
+                exec_id.to_string()
+            },
+            bundle: g.bundle.display().to_string(),
+            pid: p.pid as u32,
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        resp.status = p.state.status().into();
+        if let Some(exit) = p.state.exit() {
+            resp.exit_status = exit.status;
+            resp.exited_at = timestamp(exit.at);
+        }
+        Ok(resp)
+    }
+
+    pub(super) async fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
+        let c = self.container(id)?;
+        let mut rx = container::lock(&c).process(exec_id)?.subscribe_told();
+        let gone = || ShimError::Other(format!("{id}: process gone without exit"));
+        let exit = *rx.wait_for(Option::is_some).await.map_err(|_| gone())?;
+        exit.ok_or_else(gone)
+    }
+
+    pub(super) async fn pids(&self, id: &str) -> Result<api::PidsResponse> {
+        let c = self.container(id)?;
+        let (runc, execs, call) = {
+            let mut g = container::lock(&c);
+            if !g.init.state.is_alive() {
+                return Ok(api::PidsResponse::default());
+            }
+            let execs: HashMap<i32, String> =
+                g.execs.values().map(|p| (p.pid, p.id.clone())).collect();
+            let call = CallInFlight::begin(&c, &mut g)?;
+            (g.runc.clone(), execs, call)
+        };
+        let owned = id.to_string();
+        let pids = match self
+            .runc_until_exit(call, id, async move { runc.ps(&owned).await })
+            .await
+        {
+            Ok(Outcome::Done(pids)) => pids,
+            // It exited while runc looked: no processes, as for a stopped task.
+            Ok(Outcome::Exited) | Err(ShimError::Exiting(_)) => {
+                return Ok(api::PidsResponse::default())
+            }
+            Err(other) => return Err(other),
+        };
+        let processes = pids
+            .into_iter()
+            .map(|pid| {
+                let mut info = api::ProcessInfo {
+                    pid: pid as u32,
+                    ..Default::default()
+                };
+                if let Some(exec_id) = execs.get(&pid) {
+                    let details = containerd_shim_protos::shim::oci::ProcessDetails {
+                        exec_id: exec_id.clone(),
+                        ..Default::default()
+                    };
+                    if let Ok(any) = containerd_shim::util::convert_to_any(Box::new(details)) {
+                        info.info = MessageField::some(any);
+                    }
+                }
+                info
+            })
+            .collect();
+        Ok(api::PidsResponse {
+            processes,
+            ..Default::default()
+        })
+    }
+
+    pub(super) async fn stats(&self, id: &str) -> Result<api::StatsResponse> {
+        let c = self.container(id)?;
+        let (pid, call) = {
+            let mut g = container::lock(&c);
+            let call = CallInFlight::begin(&c, &mut g)?;
+            (g.init.pid, call)
+        };
+        let stats = tokio::task::spawn_blocking(move || cgroup::metrics(pid as u32))
+            .await
+            .map_err(|e| ShimError::Other(format!("stats task: {e}")))??;
+        drop(call);
+        Ok(api::StatsResponse {
+            stats: MessageField::some(stats),
+            ..Default::default()
+        })
+    }
+
+    pub(super) fn connect(&self, id: &str) -> api::ConnectResponse {
+        let task_pid = self
+            .container(id)
+            .map(|c| container::lock(&c).init.pid)
+            .unwrap_or(0);
+        api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: task_pid as u32,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        }
+    }
+
+    pub(super) fn resize_pty(&self, req: &api::ResizePtyRequest) -> Result<()> {
+        let c = self.container(&req.id)?;
+        let console = {
+            let g = container::lock(&c);
+            let p = g.process(&req.exec_id)?;
+            p.console
+                .as_ref()
+                .map(|f| f.try_clone())
+                .transpose()
+                .map_err(|e| ShimError::io("dup pty master", e))?
+        };
+        match console {
+            Some(f) => stdio::resize(&f, req.width, req.height),
+            None => {
+                tracing::debug!(id = req.id, "resize of a process without terminal");
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn close_io(&self, id: &str, exec_id: &str) -> Result<()> {
+        let c = self.container(id)?;
+        let mut g = container::lock(&c);
+        g.process_mut(exec_id)?.held.close_stdin();
+        Ok(())
+    }
+}
