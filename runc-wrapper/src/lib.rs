@@ -245,6 +245,12 @@ impl Runc {
 
     fn command(&self, args: Vec<OsString>, log_file: Option<&Path>) -> Command {
         let mut cmd = Command::new(&self.binary);
+        // containerd under systemd passes its NOTIFY_SOCKET down to the shim.
+        // Given it, runc binds a notify socket of its own below its root,
+        // whose path is over the 108-byte limit for a 64-character id, and
+        // `runc start` fails. Containers get their environment from the spec,
+        // so nothing that should see the variable loses it.
+        cmd.env_remove("NOTIFY_SOCKET");
         cmd.arg("--root").arg(&self.root);
         if self.systemd_cgroup {
             cmd.arg("--systemd-cgroup");

@@ -7,6 +7,10 @@ use containerd_shim::Config;
 const RUNTIME_ID: &str = "io.containerd.brisk.v2";
 
 fn main() {
+    // containerd under systemd (Type=notify) hands its NOTIFY_SOCKET to every
+    // shim. Nothing the shim starts may use it: runc would bind a notify
+    // socket of its own and fail. Removed before any thread exists.
+    std::env::remove_var("NOTIFY_SOCKET");
     let args: Vec<String> = std::env::args().collect();
     if args
         .iter()
