@@ -18,5 +18,17 @@ if [[ $(id -u) -ne 0 ]]; then
     echo "test-vm: needs root" >&2
     exit 1
 fi
+# containerd 2.3.4 is built from source (cached) where this tree has the
+# script for it.
+VERSIONS=${BRISK_CONTAINERD_VERSIONS_DIR:-$ROOT/target/containerd-versions}
+export BRISK_CONTAINERD_VERSIONS_DIR=$VERSIONS
+if [[ ! -e $VERSIONS/containerd-2.3.4/.complete ]]; then
+    if [[ -x $ROOT/scripts/build-containerd-from-source.sh ]]; then
+        BRISK_CONTAINERD_SOURCE_VERSIONS=2.3.4 "$ROOT/scripts/build-containerd-from-source.sh" "$VERSIONS"
+    else
+        echo "test-vm: no scripts/build-containerd-from-source.sh in this tree: containerd 2.3.4 cannot be built, its lane is skipped" >&2
+        unset BRISK_REQUIRE_CONTAINERD_VERSIONS
+    fi
+fi
 cargo build --release --quiet -p brisk-integration --bin brisk-vm
 exec "$BIN_DIR/brisk-vm" "$@"

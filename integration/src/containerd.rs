@@ -146,7 +146,9 @@ pub fn cgroup_driver() -> CgroupDriver {
                 CgroupDriver::Cgroupfs
             }
         }
-        Some(other) => panic!("BRISK_CGROUP_DRIVER={other:?}: expected \"systemd\" or \"cgroupfs\""),
+        Some(other) => {
+            panic!("BRISK_CGROUP_DRIVER={other:?}: expected \"systemd\" or \"cgroupfs\"")
+        }
     }
 }
 

@@ -479,7 +479,14 @@ pub fn parse_list_units(text: &str) -> Vec<Unit> {
 /// The loaded units (any state, failed ones too) whose names match one of
 /// `patterns` (systemctl's globs).
 pub fn systemd_units(patterns: &[&str]) -> Result<Vec<Unit>> {
-    let mut args = vec!["list-units", "--all", "--plain", "--no-legend", "--full", "--no-pager"];
+    let mut args = vec![
+        "list-units",
+        "--all",
+        "--plain",
+        "--no-legend",
+        "--full",
+        "--no-pager",
+    ];
     args.extend_from_slice(patterns);
     let out = systemctl(&args)?;
     if !out.status.success() {
@@ -670,7 +677,10 @@ mod tests {
         let u = parse_list_units(t);
         assert_eq!(u.len(), 2);
         assert_eq!(u[0].name, "cri-containerd-abc.scope");
-        assert_eq!((u[0].active.as_str(), u[0].sub.as_str()), ("active", "running"));
+        assert_eq!(
+            (u[0].active.as_str(), u[0].sub.as_str()),
+            ("active", "running")
+        );
         assert_eq!(u[1].name, "brisk_it_1_0.slice");
         assert_eq!(u[1].active, "failed");
     }

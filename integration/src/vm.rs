@@ -49,7 +49,11 @@ pub fn readonly_shares(workspace: &Path, paths: &[PathBuf]) -> Vec<Share> {
         .into_iter()
         .enumerate()
         .map(|(i, host)| Share {
-            tag: if i == 0 { WORKSPACE_TAG.to_string() } else { format!("ro{i}") },
+            tag: if i == 0 {
+                WORKSPACE_TAG.to_string()
+            } else {
+                format!("ro{i}")
+            },
             host,
             readonly: true,
         })
@@ -294,7 +298,10 @@ impl Drop for Guest {
 /// brisk-integration crate), built for release on the host by
 /// `cargo test --release --no-run --message-format=json`. The workspace
 /// links glibc statically, so they run in the guest as they are.
-pub fn build_test_executables(workspace: &Path, tests: &[&str]) -> Result<BTreeMap<String, PathBuf>> {
+pub fn build_test_executables(
+    workspace: &Path,
+    tests: &[&str],
+) -> Result<BTreeMap<String, PathBuf>> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(workspace).args([
         "test",
@@ -633,7 +640,11 @@ mod tests {
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        assert!(args.contains(&"local,path=/a,,b,mount_tag=ws,security_model=none,readonly=on".to_string()));
-        assert!(args.contains(&"file=/i/rootfs.img,format=raw,if=virtio,snapshot=on,cache=unsafe".to_string()));
+        assert!(args.contains(
+            &"local,path=/a,,b,mount_tag=ws,security_model=none,readonly=on".to_string()
+        ));
+        assert!(args.contains(
+            &"file=/i/rootfs.img,format=raw,if=virtio,snapshot=on,cache=unsafe".to_string()
+        ));
     }
 }

@@ -187,19 +187,27 @@ fn deb_pod_under_containerd_service() {
         .map(str::to_string)
         .filter(|f| Path::new(f).is_file())
         .collect();
-    assert!(files.iter().any(|f| f == SHIM), "{pkg} installs {SHIM}: {files:?}");
+    assert!(
+        files.iter().any(|f| f == SHIM),
+        "{pkg} installs {SHIM}: {files:?}"
+    );
 
     fs::create_dir_all("/etc/containerd").unwrap();
     fs::write(BRISK_TOML, "systemd_cgroup = true\n").unwrap();
     fs::write(CONFIG, node_config()).unwrap();
     // Type=notify: `start` returns once containerd sent READY=1.
     run("systemctl", &["start", "containerd.service"]);
-    let containerd = run("systemctl", &["show", "-p", "MainPID", "--value", "containerd.service"])
-        .trim()
-        .parse::<i32>()
-        .expect("containerd's MainPID");
+    let containerd = run(
+        "systemctl",
+        &["show", "-p", "MainPID", "--value", "containerd.service"],
+    )
+    .trim()
+    .parse::<i32>()
+    .expect("containerd's MainPID");
     assert!(
-        environ(containerd).iter().any(|e| e.starts_with("NOTIFY_SOCKET=")),
+        environ(containerd)
+            .iter()
+            .any(|e| e.starts_with("NOTIFY_SOCKET=")),
         "containerd.service gives containerd NOTIFY_SOCKET"
     );
 
@@ -207,14 +215,24 @@ fn deb_pod_under_containerd_service() {
     for tar in [&bb, &pause] {
         run(
             "ctr",
-            &["-a", SOCKET, "-n", "k8s.io", "images", "import", &tar.to_string_lossy()],
+            &[
+                "-a",
+                SOCKET,
+                "-n",
+                "k8s.io",
+                "images",
+                "import",
+                &tar.to_string_lossy(),
+            ],
         );
     }
     let cri = Cri::connect(Path::new(SOCKET), &slice, &node.logs).expect("CRI");
     cri.wait_images(&[BUSYBOX_IMAGE, PAUSE_IMAGE], Duration::from_secs(60))
         .expect("images");
 
-    let pod = cri.run_pod_sandbox(BRISK_HANDLER, "unit").expect("RunPodSandbox under brisk");
+    let pod = cri
+        .run_pod_sandbox(BRISK_HANDLER, "unit")
+        .expect("RunPodSandbox under brisk");
     let id = cri
         .run_container(
             &pod,
@@ -225,7 +243,9 @@ fn deb_pod_under_containerd_service() {
     let shims = pids_of_exe(&shim_exe);
     assert_eq!(shims.len(), 1, "one brisk shim from the package: {shims:?}");
     assert!(
-        environ(shims[0]).iter().any(|e| e.starts_with("NOTIFY_SOCKET=")),
+        environ(shims[0])
+            .iter()
+            .any(|e| e.starts_with("NOTIFY_SOCKET=")),
         "the shim got containerd's NOTIFY_SOCKET (the case this test is about)"
     );
     let r = cri
@@ -237,7 +257,9 @@ fn deb_pod_under_containerd_service() {
         "the container's environment has only what its spec says: {}",
         r.stdout_str()
     );
-    let scope = Path::new("/sys/fs/cgroup").join(&slice).join(cri_scope_of(&id));
+    let scope = Path::new("/sys/fs/cgroup")
+        .join(&slice)
+        .join(cri_scope_of(&id));
     assert!(
         scope.join("cgroup.procs").exists(),
         "the container runs in its systemd scope {}",
@@ -270,7 +292,9 @@ fn deb_pod_under_containerd_service() {
             for d in [
                 Path::new("/run/containerd/brisk/k8s.io").join(i),
                 Path::new("/run/containerd/io.containerd.runtime.v2.task/k8s.io").join(i),
-                Path::new("/sys/fs/cgroup").join(&slice).join(cri_scope_of(i)),
+                Path::new("/sys/fs/cgroup")
+                    .join(&slice)
+                    .join(cri_scope_of(i)),
             ] {
                 if d.exists() {
                     left.push(d.display().to_string());
@@ -278,7 +302,9 @@ fn deb_pod_under_containerd_service() {
             }
         }
         for m in sys::mounts() {
-            if m.mount_point.to_string_lossy().contains(&id) || m.mount_point.to_string_lossy().contains(&pod.id) {
+            if m.mount_point.to_string_lossy().contains(&id)
+                || m.mount_point.to_string_lossy().contains(&pod.id)
+            {
                 left.push(format!("mount {}", m.mount_point.display()));
             }
         }

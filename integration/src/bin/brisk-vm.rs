@@ -105,16 +105,15 @@ fn run() -> Result<i32> {
     }
     let ws = workspace_root();
     let vm_dir = args.vm_dir.clone().unwrap_or_else(|| ws.join("target/vm"));
-    let results = args.results.clone().unwrap_or_else(|| vm_dir.join("results"));
+    let results = args
+        .results
+        .clone()
+        .unwrap_or_else(|| vm_dir.join("results"));
     let versions = args
         .versions_dir
         .clone()
         .unwrap_or_else(|| ws.join("target/containerd-versions"));
-    let known: BTreeSet<&str> = GROUPS
-        .iter()
-        .map(|g| g.0)
-        .chain([UNIT_GROUP])
-        .collect();
+    let known: BTreeSet<&str> = GROUPS.iter().map(|g| g.0).chain([UNIT_GROUP]).collect();
     for g in &args.groups {
         if !known.contains(g.as_str()) {
             bail!("unknown group {g:?} (known: {known:?})");
@@ -155,11 +154,7 @@ fn run() -> Result<i32> {
     let t1 = Instant::now();
     eprintln!("brisk-vm: == test executables and the shim (cargo, release)");
     let tests: Vec<&str> = {
-        let mut t: Vec<&str> = GROUPS
-            .iter()
-            .filter(|g| want(g.0))
-            .map(|g| g.1)
-            .collect();
+        let mut t: Vec<&str> = GROUPS.iter().filter(|g| want(g.0)).map(|g| g.1).collect();
         if want(UNIT_GROUP) {
             t.push(UNIT_GROUP);
         }
@@ -189,7 +184,11 @@ fn run() -> Result<i32> {
     // and what lies outside it.
     let mut needed: Vec<PathBuf> = vec![dir_of(&shim), dir_of(&bb)];
     needed.extend(shim.parent().map(Path::to_path_buf));
-    needed.extend(releases.iter().filter_map(|(_, b)| b.as_deref().map(release_tree)));
+    needed.extend(
+        releases
+            .iter()
+            .filter_map(|(_, b)| b.as_deref().map(release_tree)),
+    );
     needed.extend(deb.iter().map(|d| dir_of(d)));
     needed.extend(exes.values().map(|e| dir_of(e)));
     let ro_shares = vm::readonly_shares(&ws, &needed);
@@ -201,13 +200,23 @@ fn run() -> Result<i32> {
     for (release, bin) in &releases {
         let env: Vec<(String, String)> = bin
             .iter()
-            .map(|b| ("BRISK_CONTAINERD_BIN".into(), b.to_string_lossy().into_owned()))
+            .map(|b| {
+                (
+                    "BRISK_CONTAINERD_BIN".into(),
+                    b.to_string_lossy().into_owned(),
+                )
+            })
             .collect();
         for (name, test, filter) in GROUPS.iter().filter(|g| want(g.0)) {
-            let mut a: Vec<String> = ["--test-threads=1", "-Z", "unstable-options", "--report-time"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            let mut a: Vec<String> = [
+                "--test-threads=1",
+                "-Z",
+                "unstable-options",
+                "--report-time",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
             a.extend(filter.iter().map(|s| s.to_string()));
             a.extend(args.test_arg.iter().cloned());
             groups.push(Group {
@@ -225,10 +234,15 @@ fn run() -> Result<i32> {
             release: GUEST_RELEASE.into(),
             name: UNIT_GROUP.into(),
             executable: exes[UNIT_GROUP].clone(),
-            args: ["--test-threads=1", "-Z", "unstable-options", "--report-time"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            args: [
+                "--test-threads=1",
+                "-Z",
+                "unstable-options",
+                "--report-time",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
             env: vec![("BRISK_DEB".into(), deb.to_string_lossy().into_owned())],
             timeout: group_timeout,
         });
@@ -237,17 +251,17 @@ fn run() -> Result<i32> {
         bail!("nothing to run");
     }
     let job = Job {
-        mounts: ro_shares.iter().map(|s| (s.tag.clone(), s.host.clone())).collect(),
+        mounts: ro_shares
+            .iter()
+            .map(|s| (s.tag.clone(), s.host.clone()))
+            .collect(),
         env: vec![
             ("HOME".into(), "/root".into()),
             ("TMPDIR".into(), "/tmp".into()),
             // libtest's --report-time is unstable.
             ("RUSTC_BOOTSTRAP".into(), "1".into()),
             ("BRISK_CGROUP_DRIVER".into(), "systemd".into()),
-            (
-                "BRISK_SHIM_BIN".into(),
-                shim.to_string_lossy().into_owned(),
-            ),
+            ("BRISK_SHIM_BIN".into(), shim.to_string_lossy().into_owned()),
             (
                 "BRISK_IMAGES_DIR".into(),
                 images_dir().to_string_lossy().into_owned(),
@@ -350,7 +364,11 @@ fn run() -> Result<i32> {
     };
     if let Some(p) = problem {
         eprintln!("brisk-vm: {p}");
-        return Ok(if matches!(ended, Ended::Stopped) { 130 } else { 1 });
+        return Ok(if matches!(ended, Ended::Stopped) {
+            130
+        } else {
+            1
+        });
     }
     let all_ran = done.len() == groups.len();
     if !all_ran {
@@ -360,7 +378,11 @@ fn run() -> Result<i32> {
             groups.len()
         );
     }
-    Ok(if exit_code == Some(0) && all_ran { 0 } else { 1 })
+    Ok(if exit_code == Some(0) && all_ran {
+        0
+    } else {
+        1
+    })
 }
 
 fn dir_of(p: &Path) -> PathBuf {
@@ -446,5 +468,8 @@ fn print_report(done: &[vm::GroupResult], groups: &[Group], results: &Path) {
             println!("  {:>7.1}  {} {}", secs, r.release, name);
         }
     }
-    println!("\nlogs: {}/<containerd>/<group>.log, console.log, journal.log", results.display());
+    println!(
+        "\nlogs: {}/<containerd>/<group>.log, console.log, journal.log",
+        results.display()
+    );
 }

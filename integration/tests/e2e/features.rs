@@ -43,9 +43,12 @@ fn tty(handler: &str) {
 }
 
 fn read_cgroup(cd: &brisk_integration::Containerd, id: &str, file: &str) -> String {
-    let p = cd
-        .cgroup_file(id, file)
-        .unwrap_or_else(|| panic!("cgroup file {file} of {id} (in {:?})", cd.container_cgroup_dirs(id)));
+    let p = cd.cgroup_file(id, file).unwrap_or_else(|| {
+        panic!(
+            "cgroup file {file} of {id} (in {:?})",
+            cd.container_cgroup_dirs(id)
+        )
+    });
     std::fs::read_to_string(&p)
         .expect("read cgroup file")
         .trim()
@@ -74,7 +77,9 @@ fn cgroup_expect(setting: Setting) -> (&'static str, String) {
         (Setting::CpuShares(s), true) => ("cpu.weight", (1 + (s - 2) * 9999 / 262_142).to_string()),
         (Setting::CpuQuota(q, _), false) => ("cpu.cfs_quota_us", q.to_string()),
         (Setting::CpuQuota(q, p), true) => ("cpu.max", format!("{q} {p}")),
-        (Setting::Frozen(f), false) => ("freezer.state", if f { "FROZEN" } else { "THAWED" }.into()),
+        (Setting::Frozen(f), false) => {
+            ("freezer.state", if f { "FROZEN" } else { "THAWED" }.into())
+        }
         (Setting::Frozen(f), true) => ("cgroup.freeze", if f { "1" } else { "0" }.into()),
     }
 }
