@@ -77,10 +77,10 @@ struct Args {
     #[arg(long, default_value_t = 3072)]
     memory_mib: u32,
     /// Hard limit of the whole guest run (boot to power-off), minutes.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 75)]
     timeout_min: u64,
     /// Limit of one test group in the guest, minutes.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 20)]
     group_timeout_min: u64,
     /// The qemu binary.
     #[arg(long, default_value = "qemu-system-x86_64")]
