@@ -97,7 +97,7 @@ impl Drop for Node {
         }
         let _ = sys::systemctl(&["stop", "containerd.service"]);
         let _ = sys::systemctl(&["reset-failed", "containerd.service"]);
-        let _ = sys::systemd_stop_units(&[self.slice.clone()]);
+        let _ = sys::systemd_stop_units(std::slice::from_ref(&self.slice));
         if package_installed(&self.pkg) {
             let _ = Command::new("dpkg").args(["--purge", &self.pkg]).status();
         }
