@@ -1,4 +1,6 @@
-//! Records the git commit the binary was built from, for `--version`.
+//! Records the git commit the binary was built from, for `--version`, and
+//! generates the protobuf messages of containerd's bootstrap protocol that no
+//! crate ships (`proto/bootstrap.proto`).
 
 use std::process::Command;
 
@@ -14,4 +16,14 @@ fn main() {
     println!("cargo:rustc-env=BRISK_GIT_COMMIT={commit}");
     println!("cargo:rerun-if-changed=../.git/HEAD");
     println!("cargo:rerun-if-changed=../.git/refs/heads");
+
+    // The lite runtime: plain messages without descriptors or reflection,
+    // which the shim never uses and would pay for in every pod's RSS.
+    protobuf_codegen::Codegen::new()
+        .pure()
+        .include("proto")
+        .input("proto/bootstrap.proto")
+        .customize(protobuf_codegen::Customize::default().lite_runtime(true))
+        .cargo_out_dir("protos")
+        .run_from_script();
 }

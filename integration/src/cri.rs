@@ -244,6 +244,14 @@ impl Cri {
         self.runtime("Version", |mut c| async move { c.version(req).await })
     }
 
+    /// CRI's Status: the runtime's conditions and, on containerd 2.x, its
+    /// runtime handlers with their features (introspected through each
+    /// shim's `-info`).
+    pub fn status(&self) -> Result<cri::StatusResponse> {
+        let req = cri::StatusRequest { verbose: false };
+        self.runtime("Status", |mut c| async move { c.status(req).await })
+    }
+
     /// True when CRI knows the image (by name).
     pub fn image_present(&self, image: &str) -> Result<bool> {
         let mut c = self.is.clone();

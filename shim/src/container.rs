@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tracing::warn;
 
 use crate::{
+    cgroup::OomWatch,
     error::{Result, ShimError},
     process_state::{Event, ExitInfo, ProcessState},
     rootfs::MountedRootfs,
@@ -90,6 +91,8 @@ pub struct Container {
     /// published (None while it runs; true when runc's state is gone).
     /// Delete waits on it instead of calling runc itself.
     pub runc_deleted: Option<watch::Receiver<Option<bool>>>,
+    /// The watch of the container's OOM kills (None without a memory cgroup).
+    pub oom: Option<OomWatch>,
 }
 
 impl Container {

@@ -2,29 +2,38 @@
 //! container.
 //!
 //! Where to look:
-//! - [`bootstrap`]: `start`, `delete` and serving, as containerd runs the binary.
+//! - [`bootstrap`]: the binary's actions as containerd runs it: [`start`]
+//!   (stdin decoded by [`start_input`], socket by [`shim_socket`]), [`serve`],
+//!   [`dead_shim`] (`delete`) and [`info`] (`-info`).
 //! - [`task_service`]: the Task API handlers.
 //! - [`container`] and [`process_state`]: what is known about each container and
 //!   the state machine of each process.
 //! - [`reaper`]: the only `waitpid` of the shim.
 //! - [`detached`]: unmounts and `runc delete`s no call waits for.
-//! - [`rootfs`], [`stdio`], [`cgroup_metrics`], [`events`], [`config`]: the parts.
+//! - [`rootfs`], [`stdio`], [`cgroup`], [`events`], [`config`]: the parts.
 #![warn(clippy::await_holding_lock)]
 
 pub mod bootstrap;
 pub mod bundle_spec;
 pub mod canary;
-pub mod cgroup_metrics;
+pub mod cgroup;
 pub mod config;
 pub mod container;
+pub mod dead_shim;
 pub mod detached;
 pub mod doctor;
 pub mod error;
 pub mod events;
+pub mod info;
 pub mod logging;
 pub mod process_state;
+pub mod protos;
 pub mod reaper;
 pub mod rootfs;
+pub mod serve;
+pub mod shim_socket;
+pub mod start;
+pub mod start_input;
 pub mod stdio;
 pub mod task_service;
 pub mod volatile;

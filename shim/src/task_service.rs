@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     bundle_spec::{BundleSpec, ExecProcessSpec},
-    cgroup_metrics,
+    cgroup::{self, OomWatch},
     config::RuntimeConfig,
     container::{self, Container, Process},
     detached::{Detached, WorkKey},
@@ -245,6 +245,11 @@ impl TaskService {
         let mut remove_runc_state = false;
         let execs = g.execs.values_mut().map(|p| (p, false));
         let init = std::iter::once((&mut g.init, true));
+        // A kill that caused an exit is told before the exit, and while the
+        // cgroup still exists (runc delete follows the init's TaskExit).
+        if let Some(oom) = &g.oom {
+            oom.flush();
+        }
         for (p, is_init) in execs.chain(init) {
             let ProcessState::Exiting(exit) = p.state else {
                 continue;
@@ -419,9 +424,9 @@ impl TaskService {
         });
     }
 
-    fn watch_oom(&self, id: String, pid: i32) {
+    fn watch_oom(&self, id: String, pid: i32) -> Option<OomWatch> {
         let events = self.inner.events.clone();
-        tokio::spawn(cgroup_metrics::watch_oom(pid as u32, move || {
+        OomWatch::start(pid as u32, move || {
             info!(id, "container OOM-killed a process");
             events.send(
                 topics::TASK_OOM_EVENT_TOPIC,
@@ -430,7 +435,7 @@ impl TaskService {
                     ..Default::default()
                 },
             );
-        }));
+        })
     }
 
     async fn create_container(&self, req: &api::CreateTaskRequest) -> Result<i32> {
@@ -532,6 +537,7 @@ impl TaskService {
             rootfs,
             calls_in_flight: 0,
             runc_deleted: None,
+            oom: None,
         }));
         {
             let mut map = self.inner.containers.lock().unwrap();
@@ -540,8 +546,10 @@ impl TaskService {
             }
             map.insert(id.clone(), container.clone());
         }
+        // Before the container runs: no kill can come before the watch.
+        let oom = self.watch_oom(id.clone(), pid);
+        container::lock(&container).oom = oom;
         self.watch_exit(container, String::new(), pid, since);
-        self.watch_oom(id.clone(), pid);
         self.inner.events.send(
             topics::TASK_CREATE_EVENT_TOPIC,
             TaskCreate {
@@ -1144,7 +1152,7 @@ impl Task for TaskService {
             g.init.pid
         };
         let _call = CallInFlight::new(&c);
-        let stats = tokio::task::spawn_blocking(move || cgroup_metrics::collect(pid as u32))
+        let stats = tokio::task::spawn_blocking(move || cgroup::metrics(pid as u32))
             .await
             .map_err(|e| ShimError::Other(format!("stats task: {e}")))??;
         Ok(api::StatsResponse {

@@ -19,6 +19,43 @@ handler_tests!(
     oom_killed
 );
 
+/// containerd 2.x asks each runtime for `-info` at start and reports what
+/// it learns as the handler's features in CRI Status. brisk runs the same
+/// runc, so its handler must show what the stock runc handler shows. An
+/// `-info` that fails shows nothing: no recursive read-only mounts, which
+/// kubelet then refuses for pods on the handler.
+#[test]
+fn runtime_handler_features_match_runc() {
+    let Some(cd) = common::start(brisk_integration::BRISK_HANDLER) else {
+        return;
+    };
+    let status = cd.cri().status().expect("CRI Status");
+    let features = |name: &str| {
+        status
+            .runtime_handlers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.features)
+    };
+    let runc = features(brisk_integration::RUNC_HANDLER);
+    let brisk = features(brisk_integration::BRISK_HANDLER);
+    eprintln!(
+        "containerd {:?}: runc handler {runc:?}, brisk handler {brisk:?}",
+        cd.containerd_version
+    );
+    if cd.containerd_version.0 >= 2 {
+        let runc = runc
+            .flatten()
+            .expect("containerd 2.x reports the runc handler's features");
+        assert!(
+            runc.recursive_read_only_mounts,
+            "runc on this kernel takes rro: {runc:?}"
+        );
+    }
+    assert_eq!(brisk, runc, "brisk's handler features differ from runc's");
+    cd.finish();
+}
+
 /// A tty container: its stdout is a terminal, ExecSync works.
 fn tty(handler: &str) {
     common::in_pod(handler, "tty", |cd, pod| {

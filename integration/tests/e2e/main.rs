@@ -4,6 +4,7 @@
 //! them one at a time.
 
 mod bad_input;
+mod cgroups;
 mod common;
 mod config;
 mod detached_cleanup;

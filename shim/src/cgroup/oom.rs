@@ -1,0 +1,270 @@
+//! OOM kills of a container, each published once, none lost.
+//!
+//! The truth is the kernel's `oom_kill` counter of the container's memory
+//! cgroup (`memory.events` on v2, `memory.oom_control` on v1): every kill
+//! the counter gained since the last look is one TaskOOM. The kernel wakes
+//! the watch when the counter may have moved (inotify on `memory.events`,
+//! which v2 signals as modified; the eventfd of `cgroup.event_control` on
+//! v1), so an idle container costs no wake-ups. A wake-up can still come
+//! too late: the early `runc delete` at an exit removes the cgroup within
+//! milliseconds. So the exit path also calls [`OomWatch::flush`] before it
+//! publishes a TaskExit, while the cgroup is still there, and a kill is
+//! told before the exit it caused.
+
+use std::{
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tokio::io::unix::AsyncFd;
+use tracing::{debug, info};
+
+use super::{is_unified, read_oom_kills, unified_dir, v1_dir};
+
+/// Watches one container's cgroup for OOM kills until dropped.
+pub struct OomWatch {
+    counter: Arc<Counter>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for OomWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OomWatch")
+            .field("file", &self.counter.file)
+            .finish()
+    }
+}
+
+struct Counter {
+    file: PathBuf,
+    /// Kills already published.
+    seen: Mutex<u64>,
+    on_oom: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Counter {
+    /// Publishes the kills the counter gained since the last look.
+    fn check(&self) {
+        let Some(now) = read_oom_kills(&self.file) else {
+            return;
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in *seen..now {
+            (self.on_oom)();
+        }
+        *seen = (*seen).max(now);
+    }
+}
+
+impl OomWatch {
+    /// Starts watching the memory cgroup of `pid` (a container's init, right
+    /// after `runc create`, before it runs), calling `on_oom` once per kill.
+    /// None when the container has no memory cgroup to watch.
+    pub fn start(pid: u32, on_oom: impl Fn() + Send + Sync + 'static) -> Option<OomWatch> {
+        let (file, wake) = if is_unified() {
+            let dir = unified_dir(pid)?;
+            let file = dir.join("memory.events");
+            (file.clone(), Wake::inotify(&file))
+        } else {
+            let dir = v1_dir(pid, "memory")?;
+            (dir.join("memory.oom_control"), Wake::eventfd(&dir))
+        };
+        let wake = match wake {
+            Ok(w) => w,
+            Err(e) => {
+                info!(file = %file.display(), error = %e, "no OOM notifications for container");
+                return None;
+            }
+        };
+        let seen = read_oom_kills(&file).unwrap_or(0);
+        let counter = Arc::new(Counter {
+            file,
+            seen: Mutex::new(seen),
+            on_oom: Box::new(on_oom),
+        });
+        let task = tokio::spawn(watch(wake, counter.clone()));
+        Some(OomWatch { counter, task })
+    }
+
+    /// Publishes, now, every kill not yet told. Cheap (one small file read).
+    pub fn flush(&self) {
+        self.counter.check();
+    }
+}
+
+impl Drop for OomWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// nix's inotify, with the raw fd tokio's reactor wants.
+struct InotifyFd(Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// Registers `inner` with tokio's reactor.
+fn register<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: `inner` owns its fd and keeps it open for as long as the
+    // AsyncFd that takes it lives, which is what register requires.
+    unsafe { AsyncFd::register(inner) }.map_err(|e| e.into_parts().1)
+}
+
+/// What the kernel signals when the counter may have changed.
+enum Wake {
+    Inotify(AsyncFd<InotifyFd>),
+    /// The eventfd, and the memory cgroup directory (the eventfd also fires
+    /// when the cgroup is removed).
+    EventFd(AsyncFd<OwnedFd>, PathBuf),
+}
+
+impl Wake {
+    fn inotify(file: &Path) -> std::io::Result<Wake> {
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        ino.add_watch(file, AddWatchFlags::IN_MODIFY)?;
+        Ok(Wake::Inotify(register(InotifyFd(ino))?))
+    }
+
+    /// v1: an eventfd registered on memory.oom_control through
+    /// cgroup.event_control.
+    fn eventfd(dir: &Path) -> std::io::Result<Wake> {
+        let oom_control = std::fs::File::open(dir.join("memory.oom_control"))?;
+        // SAFETY: eventfd(2) with valid flags; the returned fd is owned right away.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: efd was just created by eventfd above and nothing else owns it.
+        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        std::fs::write(
+            dir.join("cgroup.event_control"),
+            format!("{} {}", efd.as_raw_fd(), oom_control.as_raw_fd()),
+        )?;
+        Ok(Wake::EventFd(register(efd)?, dir.to_path_buf()))
+    }
+
+    /// Waits for the next signal; false once the cgroup is gone.
+    async fn next(&self) -> std::io::Result<bool> {
+        match self {
+            Wake::Inotify(fd) => loop {
+                let mut guard = fd.readable().await?;
+                match fd.get_ref().0.read_events() {
+                    Ok(events) => {
+                        let gone = events
+                            .iter()
+                            .any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED));
+                        return Ok(!gone);
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+                    Err(e) => return Err(e.into()),
+                }
+            },
+            Wake::EventFd(fd, dir) => loop {
+                let mut guard = fd.readable().await?;
+                let mut buf = [0u8; 8];
+                // SAFETY: reading 8 bytes into an 8-byte stack buffer from our eventfd.
+                let n = unsafe { libc::read(fd.as_fd().as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+                if n < 0 {
+                    let err = std::io::Error::last_os_error();
+                    if err.kind() == std::io::ErrorKind::WouldBlock {
+                        guard.clear_ready();
+                        continue;
+                    }
+                    return Err(err);
+                }
+                return Ok(dir.exists());
+            },
+        }
+    }
+}
+
+async fn watch(wake: Wake, counter: Arc<Counter>) {
+    loop {
+        let alive = wake.next().await;
+        counter.check();
+        match alive {
+            Ok(true) => {}
+            Ok(false) => {
+                debug!(file = %counter.file.display(), "memory cgroup removed, OOM watch ends");
+                return;
+            }
+            Err(e) => {
+                info!(file = %counter.file.display(), error = %e, "OOM watch ends");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::atomic::{AtomicUsize, Ordering},
+        time::Duration,
+    };
+
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    fn counter(file: PathBuf, seen: u64) -> (Arc<Counter>, Arc<AtomicUsize>, Arc<Notify>) {
+        let told = Arc::new(AtomicUsize::new(0));
+        let woken = Arc::new(Notify::new());
+        let (t, w) = (told.clone(), woken.clone());
+        let c = Arc::new(Counter {
+            file,
+            seen: Mutex::new(seen),
+            on_oom: Box::new(move || {
+                t.fetch_add(1, Ordering::SeqCst);
+                w.notify_one();
+            }),
+        });
+        (c, told, woken)
+    }
+
+    #[test]
+    fn each_kill_is_told_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("memory.events");
+        std::fs::write(&file, "oom 0\noom_kill 0\n").unwrap();
+        let (c, told, _) = counter(file.clone(), 0);
+        c.check();
+        assert_eq!(told.load(Ordering::SeqCst), 0);
+        std::fs::write(&file, "oom 3\noom_kill 2\n").unwrap();
+        c.check();
+        c.check();
+        assert_eq!(told.load(Ordering::SeqCst), 2);
+        std::fs::write(&file, "oom 3\noom_kill 3\n").unwrap();
+        c.check();
+        assert_eq!(told.load(Ordering::SeqCst), 3);
+        // The cgroup is gone: nothing more, nothing less.
+        std::fs::remove_file(&file).unwrap();
+        c.check();
+        assert_eq!(told.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn inotify_wakes_on_a_change_and_ends_when_the_file_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("memory.events");
+        std::fs::write(&file, "oom_kill 0\n").unwrap();
+        let (c, told, woken) = counter(file.clone(), 0);
+        let task = tokio::spawn(watch(Wake::inotify(&file).unwrap(), c));
+        std::fs::write(&file, "oom_kill 1\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), woken.notified())
+            .await
+            .expect("woken by inotify");
+        std::fs::remove_file(&file).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the watch ends with its file")
+            .unwrap();
+        assert_eq!(told.load(Ordering::SeqCst), 1);
+    }
+}
