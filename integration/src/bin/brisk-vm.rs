@@ -29,6 +29,8 @@ const GROUPS: &[(&str, &str, &[&str])] = &[
     ("features", "e2e", &["features::"]),
     ("shim_kill", "e2e", &["shim_kill::"]),
     ("restart", "e2e", &["restart::"]),
+    // Stats and OOM kills on cgroup v2 (issue 12's figures).
+    ("cgroups", "e2e", &["cgroups::"]),
     (
         "selected_binaries",
         "deploy",
@@ -60,11 +62,12 @@ struct Args {
     #[arg(long, env = "BRISK_REQUIRE_CONTAINERD_VERSIONS", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
     require_releases: bool,
     /// Test groups to run: lifecycle, exiting, features, shim_kill,
-    /// restart, selected_binaries (each per release), systemd_unit (once).
+    /// restart, cgroups, selected_binaries (each per release), systemd_unit
+    /// (once).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "lifecycle,exiting,features,shim_kill,restart,selected_binaries,systemd_unit"
+        default_value = "lifecycle,exiting,features,shim_kill,restart,cgroups,selected_binaries,systemd_unit"
     )]
     groups: Vec<String>,
     /// Extra libtest arguments for every e2e/deploy group (e.g. a filter).
