@@ -2,7 +2,10 @@
 # The one test command: `sudo ./scripts/test.sh [extra cargo test args]`.
 # Besides the suite it builds and checks the .deb (scripts/test-deb.sh) and
 # runs the containerd/runc compatibility matrix (scripts/test-matrix.sh);
-# BRISK_SKIP_DEB=1 and BRISK_SKIP_MATRIX=1 leave those out.
+# BRISK_SKIP_DEB=1 and BRISK_SKIP_MATRIX=1 leave those out. Where qemu can
+# run (qemu-system-x86 installed or installable, about 2 GB free under
+# target/), it also runs the cgroup v2 + systemd lane in a QEMU guest
+# (scripts/test-vm.sh); BRISK_SKIP_VM=1 leaves it out.
 # Installs what is missing, builds the test images and the workspace, runs the
 # unit and integration tests (integration tests need root), and checks that
 # no test instance was left behind.
@@ -11,6 +14,23 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 if [[ $(id -u) -ne 0 ]]; then
     echo "test.sh: not root: integration tests will be skipped" >&2
 fi
+
+# Why the VM lane cannot run here (printed; status 0), or status 1 when it can.
+vm_lane_unavailable() {
+    local avail
+    if ! command -v qemu-system-x86_64 >/dev/null &&
+        ! apt-cache policy qemu-system-x86 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+        echo "qemu-system-x86 is neither installed nor installable"
+        return 0
+    fi
+    mkdir -p "$ROOT/target"
+    avail=$(df -Pk "$ROOT/target" | awk 'NR == 2 { print $4 }')
+    if ! compgen -G "$ROOT/target/vm/image-*/.complete" >/dev/null && ((avail < 2 * 1024 * 1024)); then
+        echo "less than 2 GB free under $ROOT/target ($((avail / 1024)) MB)"
+        return 0
+    fi
+    return 1
+}
 
 echo "== cargo build --release --workspace"
 cargo build --release --workspace
@@ -45,6 +65,14 @@ if (($# == 0)) && [[ $(id -u) -eq 0 && -z ${BRISK_SKIP_INTEGRATION:-} ]]; then
     if ((matrix)); then
         echo "== scripts/test-matrix.sh --skip-default (containerd 1.6/1.7/2.1/2.2/2.3 x runc 1.1/1.3)"
         "$ROOT/scripts/test-matrix.sh" --skip-default || status=1
+    fi
+    if [[ -z ${BRISK_SKIP_VM:-} ]]; then
+        if why=$(vm_lane_unavailable); then
+            echo "== VM lane (cgroup v2 + systemd) SKIPPED: $why"
+        else
+            echo "== scripts/test-vm.sh (cgroup v2 + systemd guest, containerd 1.6.20 and 2.3.4)"
+            "$ROOT/scripts/test-vm.sh" || status=1
+        fi
     fi
 fi
 

@@ -121,6 +121,63 @@ pub fn require_brisk() {
     );
 }
 
+/// Who manages the cgroups of the test pods, as kubelet's `cgroupDriver`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupDriver {
+    /// runc writes the cgroup tree itself (pods below `/<tag>`).
+    Cgroupfs,
+    /// runc asks systemd for a scope per container (`SystemdCgroup = true`,
+    /// brisk's `systemd_cgroup = true`); pods go in the slice
+    /// `brisk_it_<pid>_<n>.slice`.
+    Systemd,
+}
+
+/// The driver of this run: `$BRISK_CGROUP_DRIVER` (`systemd` or
+/// `cgroupfs`), else systemd where production nodes use it: cgroup v2 at
+/// `/sys/fs/cgroup` and systemd as init. Panics on any other value.
+pub fn cgroup_driver() -> CgroupDriver {
+    match std::env::var("BRISK_CGROUP_DRIVER").ok().as_deref() {
+        Some("systemd") => CgroupDriver::Systemd,
+        Some("cgroupfs") => CgroupDriver::Cgroupfs,
+        Some("") | None => {
+            if sys::cgroup_v2_unified() && sys::systemd_booted() {
+                CgroupDriver::Systemd
+            } else {
+                CgroupDriver::Cgroupfs
+            }
+        }
+        Some(other) => {
+            panic!("BRISK_CGROUP_DRIVER={other:?}: expected \"systemd\" or \"cgroupfs\"")
+        }
+    }
+}
+
+/// The systemd slice of the instance `tag` (`brisk-it-<pid>-<n>`): dashes
+/// would nest it (`a-b.slice` is a child of `a.slice`), so they become
+/// underscores.
+pub fn slice_of(tag: &str) -> String {
+    format!("{}.slice", tag.replace('-', "_"))
+}
+
+/// The systemd scope runc creates for container `id` under CRI
+/// (containerd's CRI cgroup prefix is `cri-containerd`).
+pub fn cri_scope_of(id: &str) -> String {
+    format!("cri-containerd-{id}.scope")
+}
+
+/// A brisk.toml `body` with `systemd_cgroup = true` in front, unless it
+/// sets the key itself (top-level keys come before any table).
+pub fn with_systemd_cgroup(body: &str) -> String {
+    let has = body
+        .lines()
+        .any(|l| l.trim_start().starts_with("systemd_cgroup"));
+    if has {
+        body.to_string()
+    } else {
+        format!("systemd_cgroup = true\n{body}")
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// `options = { ConfigPath = ... }` for the brisk runtime.
@@ -145,6 +202,34 @@ pub struct Options {
     /// shim in [`Containerd::bin_dir`], for tests that install it themselves
     /// (brisk-ctl).
     pub without_brisk: bool,
+    /// The cgroup driver; default [`cgroup_driver`].
+    pub cgroup_driver: Option<CgroupDriver>,
+}
+
+impl Options {
+    /// [`Options::cgroup_driver`], else this run's [`cgroup_driver`].
+    pub fn driver(&self) -> CgroupDriver {
+        self.cgroup_driver.unwrap_or_else(cgroup_driver)
+    }
+
+    /// The brisk.toml to write into the instance directory: the test's
+    /// own, with `systemd_cgroup = true` under the systemd driver (brisk's
+    /// runtime type receives no runc options, so that is how it learns
+    /// it); under systemd one is written even when the test has none.
+    pub fn effective_brisk_toml(&self) -> Option<String> {
+        match (self.driver(), &self.brisk_config_toml) {
+            (CgroupDriver::Systemd, Some(b)) => Some(with_systemd_cgroup(b)),
+            (CgroupDriver::Systemd, None) if self.brisk_config.is_none() => {
+                Some(with_systemd_cgroup(""))
+            }
+            (_, b) => b.clone(),
+        }
+    }
+}
+
+/// `SystemdCgroup` of the runc handler.
+fn systemd_cgroup_value(opts: &Options) -> bool {
+    opts.driver() == CgroupDriver::Systemd
 }
 
 pub struct Containerd {
@@ -159,6 +244,8 @@ pub struct Containerd {
     pub containerd_version: (u32, u32, u32),
     /// The `ctr` of the same release.
     pub ctr_bin: PathBuf,
+    /// Who manages the pods' cgroups ([`cgroup_driver`] at start).
+    pub cgroup_driver: CgroupDriver,
     child: Option<Child>,
     /// The datagram socket containerd gets as `NOTIFY_SOCKET`, as systemd
     /// gives it to a `Type=notify` service. containerd passes its
@@ -291,8 +378,9 @@ pub fn config_toml_v3(dir: &Path, opts: &Options) -> String {
   runtime_type = "io.containerd.runc.v2"
 
 [{rt}.containerd.runtimes.{RUNC_HANDLER}.options]
-  SystemdCgroup = false
+  SystemdCgroup = {systemd}
 "#,
+        systemd = systemd_cgroup_value(opts),
         opt = d("opt"),
         cni_bin = d("cni/bin"),
         cni_conf = d("cni/conf"),
@@ -346,10 +434,7 @@ fn push_brisk_runtime(s: &mut String, cri: &str, dir: &Path, opts: &Options) {
         s,
         "\n[{cri}.containerd.runtimes.{BRISK_HANDLER}]\n  runtime_type = \"{BRISK_RUNTIME_TYPE}\"\n"
     );
-    let written = opts
-        .brisk_config_toml
-        .as_ref()
-        .map(|_| dir.join("brisk.toml"));
+    let written = opts.effective_brisk_toml().map(|_| dir.join("brisk.toml"));
     if let Some(cfg) = written.as_ref().or(opts.brisk_config.as_ref()) {
         let _ = write!(
             s,
@@ -399,8 +484,9 @@ pub fn config_toml(dir: &Path, opts: &Options) -> String {
   runtime_type = "io.containerd.runc.v2"
 
 [{cri}.containerd.runtimes.{RUNC_HANDLER}.options]
-  SystemdCgroup = false
+  SystemdCgroup = {systemd}
 "#,
+        systemd = systemd_cgroup_value(opts),
         cni_bin = d("cni/bin"),
         cni_conf = d("cni/conf"),
     );
@@ -436,7 +522,7 @@ impl Containerd {
         if !opts.without_brisk {
             std::os::unix::fs::symlink(&brisk_bin, dir.join("bin").join(BRISK_SHIM_NAME))?;
         }
-        if let Some(body) = &opts.brisk_config_toml {
+        if let Some(body) = &opts.effective_brisk_toml() {
             fs::write(
                 dir.join("brisk.toml"),
                 body.replace("{dir}", &dir.to_string_lossy()),
@@ -459,6 +545,7 @@ impl Containerd {
             ctr_bin: ctr_next_to(&containerd_bin),
             containerd_bin,
             containerd_version,
+            cgroup_driver: opts.driver(),
             child: None,
             notify: None,
             cri: None,
@@ -754,8 +841,42 @@ impl Containerd {
         self.socket.to_string_lossy().into_owned()
     }
 
+    /// The cgroup parent of our pods: `/<tag>` (cgroupfs), or the slice
+    /// `brisk_it_<pid>_<n>.slice` (systemd).
     pub fn cgroup_parent(&self) -> String {
-        format!("/{}", self.tag)
+        match self.cgroup_driver {
+            CgroupDriver::Cgroupfs => format!("/{}", self.tag),
+            CgroupDriver::Systemd => slice_of(&self.tag),
+        }
+    }
+
+    /// The cgroup directories of the pods' parent that exist now, in every
+    /// hierarchy (one on cgroup v2).
+    pub fn cgroup_parent_dirs(&self) -> Vec<PathBuf> {
+        parent_cgroup_dirs(&self.tag)
+    }
+
+    /// The cgroup directories of a CRI container or pod sandbox `id` (or a
+    /// ctr-run container, which [`Containerd::ctr_cgroup`] puts below
+    /// `/<tag>` with either driver) that exist now.
+    pub fn container_cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
+        let mut out = sys::cgroup_dirs(&format!("/{}/{id}", self.tag));
+        if self.cgroup_driver == CgroupDriver::Systemd {
+            out.extend(sys::cgroup_dirs(&format!(
+                "{}/{}",
+                slice_of(&self.tag),
+                cri_scope_of(id)
+            )));
+        }
+        out
+    }
+
+    /// `file` in the cgroup of container `id`, in the hierarchy that has it.
+    pub fn cgroup_file(&self, id: &str, file: &str) -> Option<PathBuf> {
+        self.container_cgroup_dirs(id)
+            .into_iter()
+            .map(|d| d.join(file))
+            .find(|p| p.exists())
     }
 
     pub fn cri(&self) -> &Cri {
@@ -896,12 +1017,20 @@ impl Containerd {
                 out.push(format!("shim socket left: {}", s.display()));
             }
         }
-        for d in sys::cgroup_dirs(&self.cgroup_parent()) {
+        for d in self.cgroup_parent_dirs() {
             for c in sys::cgroup_children(&d) {
                 out.push(format!("cgroup left: {}", c.display()));
             }
         }
-        for (ns, id) in self.ids.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if sys::systemd_booted() {
+            out.extend(
+                our_units(&self.tag, &ids, false)
+                    .into_iter()
+                    .map(|u| format!("systemd unit left: {} ({}/{})", u.name, u.active, u.sub)),
+            );
+        }
+        for (ns, id) in ids.iter() {
             for r in RUNC_STATE_ROOTS {
                 let p = Path::new(r).join(ns).join(id);
                 if p.exists() {
@@ -993,11 +1122,13 @@ impl Containerd {
             .into_iter()
             .filter(|e| !e.starts_with("cleaned:"))
             .collect();
+        let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner()).clone();
         problems.extend(post_teardown_leaks(
             &self.dir,
             &self.tag,
             &self.address(),
             &self.known_sockets(),
+            &ids,
         ));
         if !problems.is_empty() {
             bail!(
@@ -1120,6 +1251,37 @@ fn bundle_ids(dir: &Path) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+/// The cgroup directories of instance `tag`'s pods that exist: `/<tag>` in
+/// every hierarchy (cgroupfs, and ctr-run containers with either driver)
+/// and its systemd slice.
+fn parent_cgroup_dirs(tag: &str) -> Vec<PathBuf> {
+    let mut out = sys::cgroup_dirs(&format!("/{tag}"));
+    out.extend(sys::cgroup_dirs(&slice_of(tag)));
+    out
+}
+
+/// The loaded systemd units of instance `tag`: the scopes of its containers
+/// and pods `ids` (any state: a failed scope stays loaded), and its slice
+/// when `with_slice`. Empty when systemctl cannot tell.
+fn our_units(tag: &str, ids: &BTreeSet<(String, String)>, with_slice: bool) -> Vec<sys::Unit> {
+    let slice = slice_of(tag);
+    let scopes: BTreeSet<String> = ids.iter().map(|(_, id)| cri_scope_of(id)).collect();
+    let mut patterns = vec!["cri-containerd-*.scope"];
+    if with_slice {
+        patterns.push(&slice);
+    }
+    match sys::systemd_units(&patterns) {
+        Ok(units) => units
+            .into_iter()
+            .filter(|u| scopes.contains(&u.name) || (with_slice && u.name == slice))
+            .collect(),
+        Err(e) => {
+            eprintln!("systemd units of {tag}: {e:#}");
+            Vec::new()
+        }
+    }
+}
+
 fn cleanup_instance(
     dir: &Path,
     tag: &str,
@@ -1167,10 +1329,10 @@ fn cleanup_instance_report(
             errors.push(format!("shim processes {shims:?} survived SIGKILL"));
         }
     }
-    // 2. Processes in our cgroups (containers orphaned by a dead shim).
-    let parent = format!("/{tag}");
+    // 2. Processes in our cgroups (containers orphaned by a dead shim),
+    // below `/<tag>` and in our systemd slice.
     let mut stray = BTreeSet::new();
-    for d in sys::cgroup_dirs(&parent) {
+    for d in parent_cgroup_dirs(tag) {
         stray.extend(sys::cgroup_tree_pids(&d));
     }
     if !stray.is_empty() {
@@ -1191,14 +1353,26 @@ fn cleanup_instance_report(
         ));
     }
     // Killing first: an unmount does not stop the processes using the mount.
-    for d in sys::cgroup_dirs(&parent) {
+    for d in parent_cgroup_dirs(tag) {
         for pid in sys::cgroup_tree_pids(&d) {
             sys::kill(pid, libc::SIGKILL);
         }
     }
     errors.extend(sys::umount_all_under(dir));
-    // 4. Our cgroups (kills again whatever is still inside).
-    errors.extend(sys::destroy_cgroup_tree(&parent, true));
+    // 4. Our systemd units (the scopes of our containers, our slice), then
+    // our cgroups (kills again whatever is still inside).
+    if sys::systemd_booted() {
+        let units: Vec<String> = our_units(tag, &ids, true)
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        if units.iter().any(|u| u != &slice_of(tag)) {
+            cleaned.push(format!("stopped systemd units {units:?}"));
+        }
+        errors.extend(sys::systemd_stop_units(&units));
+    }
+    errors.extend(sys::destroy_cgroup_tree(&format!("/{tag}"), true));
+    errors.extend(sys::destroy_cgroup_tree(&slice_of(tag), true));
     // 5. Shim sockets that belonged to our shims.
     for s in &sockets {
         if s.starts_with(dir) {
@@ -1247,6 +1421,7 @@ fn post_teardown_leaks(
     tag: &str,
     address: &str,
     sockets: &BTreeSet<PathBuf>,
+    ids: &BTreeSet<(String, String)>,
 ) -> Vec<String> {
     let mut out = Vec::new();
     for pid in sys::processes_with_address(address) {
@@ -1264,8 +1439,15 @@ fn post_teardown_leaks(
             out.push(format!("socket left: {}", s.display()));
         }
     }
-    for d in sys::cgroup_dirs(&format!("/{tag}")) {
+    for d in parent_cgroup_dirs(tag) {
         out.push(format!("cgroup left: {}", d.display()));
+    }
+    if sys::systemd_booted() {
+        out.extend(
+            our_units(tag, ids, true)
+                .into_iter()
+                .map(|u| format!("systemd unit left: {} ({}/{})", u.name, u.active, u.sub)),
+        );
     }
     if dir.exists() {
         out.push(format!("directory left: {}", dir.display()));

@@ -11,6 +11,7 @@ pub mod report;
 pub mod scenario;
 pub mod soak;
 pub mod sys;
+pub mod vm;
 
 pub use containerd::{
     brisk_shim_bin, integration_enabled, require_brisk, Containerd, Options, BRISK_HANDLER,

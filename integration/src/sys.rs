@@ -425,6 +425,112 @@ pub fn cgroup_file(parent: &str, id: &str, file: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// True when `/sys/fs/cgroup` is the cgroup v2 unified hierarchy (no v1
+/// controllers mounted below it).
+pub fn cgroup_v2_unified() -> bool {
+    mounts()
+        .iter()
+        .any(|m| m.mount_point == Path::new("/sys/fs/cgroup") && m.fs_type == "cgroup2")
+}
+
+/// True when systemd is the init system (its `sd_booted` test).
+pub fn systemd_booted() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+/// `systemctl ARGS...` (30 s at most).
+pub fn systemctl(args: &[&str]) -> Result<Output> {
+    run_with_timeout(
+        Command::new("systemctl").args(args),
+        Duration::from_secs(30),
+    )
+}
+
+/// A loaded systemd unit: its name, ACTIVE and SUB states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    pub name: String,
+    pub active: String,
+    pub sub: String,
+}
+
+/// Parse `systemctl list-units --all --plain --no-legend --full` lines
+/// (`UNIT LOAD ACTIVE SUB DESCRIPTION...`).
+pub fn parse_list_units(text: &str) -> Vec<Unit> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let name = f.next()?.trim_start_matches('●').to_string();
+            let name = if name.is_empty() {
+                f.next()?.to_string()
+            } else {
+                name
+            };
+            let _load = f.next()?;
+            Some(Unit {
+                name,
+                active: f.next()?.to_string(),
+                sub: f.next()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The loaded units (any state, failed ones too) whose names match one of
+/// `patterns` (systemctl's globs).
+pub fn systemd_units(patterns: &[&str]) -> Result<Vec<Unit>> {
+    let mut args = vec![
+        "list-units",
+        "--all",
+        "--plain",
+        "--no-legend",
+        "--full",
+        "--no-pager",
+    ];
+    args.extend_from_slice(patterns);
+    let out = systemctl(&args)?;
+    if !out.status.success() {
+        bail!(
+            "systemctl list-units: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(parse_list_units(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Stop `units` and forget their failures; units that are not loaded are
+/// no error. Returns the problems met.
+pub fn systemd_stop_units(units: &[String]) -> Vec<String> {
+    let mut errors = Vec::new();
+    if units.is_empty() {
+        return errors;
+    }
+    // Blocking: when it returns, the units' processes and cgroups are gone.
+    let mut args = vec!["stop"];
+    args.extend(units.iter().map(String::as_str));
+    match systemctl(&args) {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            // "Unit X not loaded." is what we want anyway.
+            let real: Vec<&str> = err
+                .lines()
+                .filter(|l| !l.contains("not loaded"))
+                .filter(|l| !l.trim().is_empty())
+                .collect();
+            if !real.is_empty() {
+                errors.push(format!("systemctl stop {units:?}: {}", real.join("; ")));
+            }
+        }
+        Err(e) => errors.push(format!("systemctl stop {units:?}: {e:#}")),
+    }
+    let mut args = vec!["reset-failed"];
+    args.extend(units.iter().map(String::as_str));
+    // Fails for units that are not loaded or did not fail: nothing to forget.
+    let _ = systemctl(&args);
+    errors
+}
+
 // ---------------------------------------------------------------- sockets
 
 /// inode -> path of the named unix sockets in the network namespace of `pid`.
@@ -562,6 +668,21 @@ mod tests {
         assert!(!argv_has_address(&argv, "/tmp/y.sock"));
         let argv2 = vec!["shim".to_string(), "--address=/tmp/x.sock".to_string()];
         assert!(argv_has_address(&argv2, "/tmp/x.sock"));
+    }
+
+    #[test]
+    fn list_units_lines() {
+        let t = "cri-containerd-abc.scope loaded active running libcontainer container abc\n\
+                 \u{25cf} brisk_it_1_0.slice loaded failed failed brisk_it_1_0.slice\n";
+        let u = parse_list_units(t);
+        assert_eq!(u.len(), 2);
+        assert_eq!(u[0].name, "cri-containerd-abc.scope");
+        assert_eq!(
+            (u[0].active.as_str(), u[0].sub.as_str()),
+            ("active", "running")
+        );
+        assert_eq!(u[1].name, "brisk_it_1_0.slice");
+        assert_eq!(u[1].active, "failed");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use brisk_integration::{sys, ContainerSpec, Containerd, Pod, BRISK_HANDLER, RUNC_HANDLER};
+use brisk_integration::{ContainerSpec, Containerd, Pod, BRISK_HANDLER, RUNC_HANDLER};
 
 use crate::common::{self, EXIT_TIMEOUT};
 
@@ -44,12 +44,14 @@ fn figures(cd: &Containerd, id: &str) -> Figures {
 /// The CPU time the kernel accounted to the container's cgroup, in
 /// seconds: cpuacct.usage (ns) on v1, cpu.stat's usage_usec on v2.
 fn kernel_cpu_s(cd: &Containerd, id: &str) -> f64 {
-    let parent = cd.cgroup_parent();
-    if let Some(p) = sys::cgroup_file(&parent, id, "cpuacct.usage") {
+    // The container's own cgroup, under either cgroup driver.
+    if let Some(p) = cd.cgroup_file(id, "cpuacct.usage") {
         let ns: f64 = std::fs::read_to_string(p).unwrap().trim().parse().unwrap();
         return ns / 1e9;
     }
-    let p = sys::cgroup_file(&parent, id, "cpu.stat").expect("cpu.stat of the container");
+    let p = cd
+        .cgroup_file(id, "cpu.stat")
+        .expect("cpu.stat of the container");
     let text = std::fs::read_to_string(p).unwrap();
     let usec: f64 = text
         .lines()

@@ -93,12 +93,51 @@ fn tty(handler: &str) {
 }
 
 fn read_cgroup(cd: &brisk_integration::Containerd, id: &str, file: &str) -> String {
-    let p = sys::cgroup_file(&cd.cgroup_parent(), id, file)
-        .unwrap_or_else(|| panic!("cgroup file {file} of {id}"));
+    let p = cd.cgroup_file(id, file).unwrap_or_else(|| {
+        panic!(
+            "cgroup file {file} of {id} (in {:?})",
+            cd.container_cgroup_dirs(id)
+        )
+    });
     std::fs::read_to_string(&p)
         .expect("read cgroup file")
         .trim()
         .to_string()
+}
+
+/// A cgroup setting as runc writes it, on cgroup v1 or v2.
+#[derive(Clone, Copy)]
+enum Setting {
+    MemoryLimit(u64),
+    CpuShares(u64),
+    /// (quota, period) in microseconds.
+    CpuQuota(u64, u64),
+    Frozen(bool),
+}
+
+/// The file and the content that `setting` must have on this host's
+/// cgroup version: v2's names and units are runc's conversion of v1's
+/// (shares -> weight `1 + (shares - 2) * 9999 / 262142`).
+fn cgroup_expect(setting: Setting) -> (&'static str, String) {
+    let v2 = sys::cgroup_v2_unified();
+    match (setting, v2) {
+        (Setting::MemoryLimit(b), false) => ("memory.limit_in_bytes", b.to_string()),
+        (Setting::MemoryLimit(b), true) => ("memory.max", b.to_string()),
+        (Setting::CpuShares(s), false) => ("cpu.shares", s.to_string()),
+        (Setting::CpuShares(s), true) => ("cpu.weight", (1 + (s - 2) * 9999 / 262_142).to_string()),
+        (Setting::CpuQuota(q, _), false) => ("cpu.cfs_quota_us", q.to_string()),
+        (Setting::CpuQuota(q, p), true) => ("cpu.max", format!("{q} {p}")),
+        (Setting::Frozen(f), false) => {
+            ("freezer.state", if f { "FROZEN" } else { "THAWED" }.into())
+        }
+        (Setting::Frozen(f), true) => ("cgroup.freeze", if f { "1" } else { "0" }.into()),
+    }
+}
+
+/// Assert that container `id`'s cgroup has `setting`.
+fn assert_cgroup(cd: &brisk_integration::Containerd, id: &str, setting: Setting) {
+    let (file, want) = cgroup_expect(setting);
+    assert_eq!(read_cgroup(cd, id, file), want, "{file} of {id}");
 }
 
 /// UpdateContainerResources on a running container reaches its cgroup.
@@ -107,10 +146,7 @@ fn update_resources(handler: &str) {
         let cri = cd.cri();
         let spec = ContainerSpec::new("upd", &["sleep", "1000"]).memory_limit(64 << 20);
         let id = cri.run_container(pod, &spec).expect("container");
-        assert_eq!(
-            read_cgroup(cd, &id, "memory.limit_in_bytes"),
-            (64u64 << 20).to_string()
-        );
+        assert_cgroup(cd, &id, Setting::MemoryLimit(64 << 20));
         let res = LinuxContainerResources {
             cpu_shares: 512,
             memory_limit_in_bytes: 48 << 20,
@@ -120,12 +156,9 @@ fn update_resources(handler: &str) {
         };
         cri.update_container_resources(&id, res)
             .expect("UpdateContainerResources");
-        assert_eq!(
-            read_cgroup(cd, &id, "memory.limit_in_bytes"),
-            (48u64 << 20).to_string()
-        );
-        assert_eq!(read_cgroup(cd, &id, "cpu.shares"), "512");
-        assert_eq!(read_cgroup(cd, &id, "cpu.cfs_quota_us"), "50000");
+        assert_cgroup(cd, &id, Setting::MemoryLimit(48 << 20));
+        assert_cgroup(cd, &id, Setting::CpuShares(512));
+        assert_cgroup(cd, &id, Setting::CpuQuota(50_000, 100_000));
         let st = cri.container_status(&id).expect("status");
         assert_eq!(st.state, ContainerState::ContainerRunning as i32);
         // The container still works after the update.
@@ -185,10 +218,10 @@ fn pause_resume(handler: &str) {
         };
         tasks("pause");
         common::wait_task_status(&k8s, &id, "PAUSED");
-        assert_eq!(read_cgroup(cd, &id, "freezer.state"), "FROZEN");
+        assert_cgroup(cd, &id, Setting::Frozen(true));
         tasks("resume");
         common::wait_task_status(&k8s, &id, "RUNNING");
-        assert_eq!(read_cgroup(cd, &id, "freezer.state"), "THAWED");
+        assert_cgroup(cd, &id, Setting::Frozen(false));
         let r = cri
             .exec_sync(&id, &["echo", "alive"], Duration::from_secs(10))
             .expect("exec after resume");

@@ -129,7 +129,7 @@ fn shim_sigkill_with_exiting_container_brisk() {
                 left.push(format!("mount {}", rootfs.display()));
             }
             if id != pod.id {
-                for d in sys::cgroup_dirs(&format!("{}/{id}", cd.cgroup_parent())) {
+                for d in cd.container_cgroup_dirs(id) {
                     left.push(format!("cgroup {}", d.display()));
                 }
             }
