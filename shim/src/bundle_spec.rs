@@ -29,6 +29,8 @@ pub struct BundleSpec {
 struct Linux {
     #[serde(default)]
     namespaces: Option<Vec<Namespace>>,
+    #[serde(default, rename = "cgroupsPath")]
+    cgroups_path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +63,16 @@ impl BundleSpec {
 
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations.as_ref()?.get(key).map(String::as_str)
+    }
+
+    /// `linux.cgroupsPath`: where runc puts the container's cgroup (a path
+    /// for the cgroupfs driver, `slice:prefix:name` for systemd's).
+    pub fn cgroups_path(&self) -> Option<&str> {
+        self.linux
+            .as_ref()?
+            .cgroups_path
+            .as_deref()
+            .filter(|p| !p.is_empty())
     }
 
     /// True when the container gets a pid namespace of its own (a `pid`

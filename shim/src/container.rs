@@ -17,7 +17,7 @@ use tracing::warn;
 
 use crate::{
     bundle_spec::ExecProcessSpec,
-    cgroup::OomWatch,
+    cgroup::{ContainerCgroup, OomWatch},
     container_state::Life,
     error::{Result, ShimError},
     process_handle::ProcessHandle,
@@ -105,6 +105,8 @@ pub struct Container {
     pub(crate) changed: watch::Sender<()>,
     /// The watch of the container's OOM kills (None without a memory cgroup).
     pub oom: Option<OomWatch>,
+    /// The container's cgroup, located at Create (Stats and OOM read it).
+    pub cgroup: Option<ContainerCgroup>,
 }
 
 /// A container as the task service shares it between calls.
@@ -126,6 +128,7 @@ impl Container {
             execs: HashMap::new(),
             shares_pid_ns: false,
             oom: None,
+            cgroup: None,
             life: Life::created(rootfs),
             changed: watch::channel(()).0,
         }

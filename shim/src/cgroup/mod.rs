@@ -3,6 +3,7 @@
 //! directory) both occur on real nodes; which one a node runs is decided
 //! once, by whether `/sys/fs/cgroup` is the unified hierarchy.
 
+mod locate;
 mod metrics_v1;
 mod metrics_v2;
 mod oom;
@@ -10,6 +11,7 @@ mod oom;
 use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use tracing::info;
 
 pub use oom::OomWatch;
 
@@ -22,15 +24,56 @@ pub fn is_unified() -> bool {
     Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
 }
 
-/// Metrics of the cgroup of `pid`: containerd's v2 `Metrics` type on a v2
-/// node, the v1 type otherwise, each as the stock shim reports it, since
-/// containerd's CRI picks the decoding by the type.
-pub fn metrics(pid: u32) -> Result<Any> {
-    if is_unified() {
-        let dir = unified_dir(pid).ok_or_else(|| no_cgroup(pid))?;
-        metrics_v2::collect(&dir)
+/// A container's cgroup directory: the unified one on v2, the memory
+/// controller's on v1 (where OOM kills are counted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerCgroup {
+    pub dir: PathBuf,
+    pub unified: bool,
+}
+
+/// The cgroup of a container just created by runc, whose init is `pid`:
+/// where the spec's `cgroups_path` puts it for runc's driver (`systemd`),
+/// else where the init is now.
+pub fn locate(cgroups_path: Option<&str>, systemd: bool, pid: u32) -> Option<ContainerCgroup> {
+    let unified = is_unified();
+    let root = if unified {
+        PathBuf::from(CGROUP_ROOT)
     } else {
-        metrics_v1::collect(pid)
+        Path::new(CGROUP_ROOT).join("memory")
+    };
+    let from_spec = cgroups_path
+        .and_then(|p| locate::container_dir(&root, p, systemd))
+        .filter(|d| d.is_dir());
+    let now = if unified {
+        unified_dir(pid)
+    } else {
+        v1_dir(pid, "memory")
+    };
+    let dir = match (from_spec, now) {
+        (Some(spec), now) => {
+            if now.as_ref() != Some(&spec) {
+                info!(pid, cgroup = %spec.display(), now = ?now, "container's init not in its cgroup yet (systemd still moving it)");
+            }
+            spec
+        }
+        (None, now) => now?,
+    };
+    Some(ContainerCgroup { dir, unified })
+}
+
+/// Metrics of a container: containerd's v2 `Metrics` type from its cgroup
+/// on a v2 node, the v1 type (of the cgroup of `pid`) otherwise, each as
+/// the stock shim reports it, since containerd's CRI picks the decoding by
+/// the type.
+pub fn metrics(cgroup: Option<&ContainerCgroup>, pid: u32) -> Result<Any> {
+    match cgroup {
+        Some(cg) if cg.unified => metrics_v2::collect(&cg.dir),
+        None if is_unified() => {
+            let dir = unified_dir(pid).ok_or_else(|| no_cgroup(pid))?;
+            metrics_v2::collect(&dir)
+        }
+        _ => metrics_v1::collect(pid),
     }
 }
 

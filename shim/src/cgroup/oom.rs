@@ -21,7 +21,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, info};
 
-use super::{is_unified, read_oom_kills, unified_dir, v1_dir};
+use super::{read_oom_kills, ContainerCgroup};
 
 /// Watches one container's cgroup for OOM kills until dropped.
 pub struct OomWatch {
@@ -59,17 +59,18 @@ impl Counter {
 }
 
 impl OomWatch {
-    /// Starts watching the memory cgroup of `pid` (a container's init, right
-    /// after `runc create`, before it runs), calling `on_oom` once per kill.
-    /// None when the container has no memory cgroup to watch.
-    pub fn start(pid: u32, on_oom: impl Fn() + Send + Sync + 'static) -> Option<OomWatch> {
-        let (file, wake) = if is_unified() {
-            let dir = unified_dir(pid)?;
-            let file = dir.join("memory.events");
+    /// Starts watching a container's memory cgroup (right after `runc
+    /// create`, before the container runs), calling `on_oom` once per kill.
+    /// None when it cannot be watched (said in the log).
+    pub fn start(
+        cg: &ContainerCgroup,
+        on_oom: impl Fn() + Send + Sync + 'static,
+    ) -> Option<OomWatch> {
+        let (file, wake) = if cg.unified {
+            let file = cg.dir.join("memory.events");
             (file.clone(), Wake::inotify(&file))
         } else {
-            let dir = v1_dir(pid, "memory")?;
-            (dir.join("memory.oom_control"), Wake::eventfd(&dir))
+            (cg.dir.join("memory.oom_control"), Wake::eventfd(&cg.dir))
         };
         let wake = match wake {
             Ok(w) => w,

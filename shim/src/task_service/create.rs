@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use super::TaskService;
 use crate::{
     bundle_spec::BundleSpec,
+    cgroup,
     config::RuntimeConfig,
     container::{Container, Process},
     detached::{Job, WorkKey},
@@ -158,8 +159,15 @@ impl TaskService {
         let container = Arc::new(Mutex::new(container));
         self.inner.registry.insert(reservation, container.clone());
         // Before the container runs: no kill can come before the watch.
-        let oom = self.watch_oom(id.clone(), pid);
-        crate::container::lock(&container).oom = oom;
+        let cgroup = cgroup::locate(spec.cgroups_path(), cfg.systemd_cgroup, pid as u32);
+        let oom = cgroup
+            .as_ref()
+            .and_then(|cg| self.watch_oom(id.clone(), cg));
+        {
+            let mut g = crate::container::lock(&container);
+            g.oom = oom;
+            g.cgroup = cgroup;
+        }
         let exit = self.inner.reaper.watch(pid, since);
         self.watch_exit(container, String::new(), exit);
         self.inner.events.send(

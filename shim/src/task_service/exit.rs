@@ -16,7 +16,7 @@ use tracing::{debug, error, info};
 
 use super::{runc_call::runc_delete_or_force, timestamp, TaskService};
 use crate::{
-    cgroup::OomWatch,
+    cgroup::{ContainerCgroup, OomWatch},
     container::{self, Container, Shared},
     detached::WorkKey,
     process_state::ExitInfo,
@@ -155,9 +155,9 @@ impl TaskService {
     }
 
     /// OOM kills in the container's cgroup, as TaskOOM events.
-    pub(super) fn watch_oom(&self, id: String, pid: i32) -> Option<OomWatch> {
+    pub(super) fn watch_oom(&self, id: String, cgroup: &ContainerCgroup) -> Option<OomWatch> {
         let events = self.inner.events.clone();
-        OomWatch::start(pid as u32, move || {
+        OomWatch::start(cgroup, move || {
             info!(id, "container OOM-killed a process");
             events.send(
                 topics::TASK_OOM_EVENT_TOPIC,

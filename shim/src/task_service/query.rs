@@ -102,12 +102,12 @@ impl TaskService {
 
     pub(super) async fn stats(&self, id: &str) -> Result<api::StatsResponse> {
         let c = self.container(id)?;
-        let (pid, call) = {
+        let (pid, cg, call) = {
             let mut g = container::lock(&c);
             let call = CallInFlight::begin(&c, &mut g)?;
-            (g.init.pid, call)
+            (g.init.pid, g.cgroup.clone(), call)
         };
-        let stats = tokio::task::spawn_blocking(move || cgroup::metrics(pid as u32))
+        let stats = tokio::task::spawn_blocking(move || cgroup::metrics(cg.as_ref(), pid as u32))
             .await
             .map_err(|e| ShimError::Other(format!("stats task: {e}")))??;
         drop(call);
