@@ -27,6 +27,7 @@ pub mod error;
 pub mod events;
 pub mod info;
 pub mod logging;
+pub mod lowerdirs;
 pub mod platform;
 pub mod process_handle;
 pub mod process_state;
