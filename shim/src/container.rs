@@ -38,6 +38,8 @@ pub struct Process {
     pub held: HeldIo,
     /// Pty master kept for ResizePty.
     pub console: Option<File>,
+    /// The logging binary of a `binary://` log URI; ended when dropped.
+    pub logger: Option<crate::log_binary::BinaryLogger>,
     /// The exec's process spec, until Start runs it.
     pub spec: Option<ExecProcessSpec>,
     /// An exec's pidfd while it runs: Kill signals through it.
@@ -55,6 +57,7 @@ impl Process {
             stdio,
             held: HeldIo::default(),
             console: None,
+            logger: None,
             spec,
             handle: None,
             told: watch::channel(None).0,

@@ -26,6 +26,8 @@ pub mod detached;
 pub mod error;
 pub mod events;
 pub mod info;
+pub mod io_owner;
+pub mod log_binary;
 pub mod logging;
 pub mod lowerdirs;
 pub mod platform;

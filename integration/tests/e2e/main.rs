@@ -13,6 +13,7 @@ mod exiting;
 mod features;
 mod lifecycle;
 mod lock;
+mod log_uri;
 mod many_layers;
 mod restart;
 mod shared_pid;
