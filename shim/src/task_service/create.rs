@@ -162,6 +162,7 @@ impl TaskService {
         let pid = init.pid;
         let mut container = Container::new(id.clone(), bundle, runc, init, rollback.commit());
         container.shares_pid_ns = !spec.own_pid_namespace();
+        container.io_owner = (cfg.io_uid, cfg.io_gid);
         let container = Arc::new(Mutex::new(container));
         self.inner.registry.insert(reservation, container.clone());
         // Before the container runs: no kill can come before the watch.
