@@ -13,6 +13,8 @@ mod exiting;
 mod features;
 mod lifecycle;
 mod lock;
+mod log_uri;
+mod many_layers;
 mod restart;
 mod shared_pid;
 mod shim_kill;
