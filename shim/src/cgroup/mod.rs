@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use tracing::info;
 
-pub use oom::OomWatch;
+pub use oom::{OomWatch, PodLedgers};
 
 use crate::error::{Result, ShimError};
 

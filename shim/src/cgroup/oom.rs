@@ -8,13 +8,23 @@
 //! v1), so an idle container costs no wake-ups. A wake-up can still come
 //! too late: the early `runc delete` at an exit removes the cgroup within
 //! milliseconds. So the exit path also calls [`OomWatch::flush`] before it
-//! publishes a TaskExit, while the cgroup is still there, and a kill is
+//! publishes a TaskExit, while the cgroup still exists, and a kill is
 //! told before the exit it caused.
+//!
+//! With the systemd driver even that can be too late: systemd removes a
+//! container's scope as soon as its last process is gone, racing the
+//! shim's read, and an init that was the scope's only process takes its
+//! counter with it. On v2 the counters are hierarchical, so the pod's
+//! cgroup (the parent) counted the kill too: a [`PodLedger`] keeps how many
+//! of the parent's kills the pod's containers have told, and a container
+//! whose own counter is gone when its init's SIGKILL exit is published
+//! tells one kill if the parent has one nobody told.
 
 use std::{
+    collections::HashMap,
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
 };
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -39,23 +49,97 @@ impl std::fmt::Debug for OomWatch {
 
 struct Counter {
     file: PathBuf,
-    /// Kills already published.
-    seen: Mutex<u64>,
+    /// Kills already published, and whether the ledger already told the
+    /// one kill it may tell for this container.
+    seen: Mutex<(u64, bool)>,
+    ledger: Option<Arc<PodLedger>>,
     on_oom: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Counter {
-    /// Publishes the kills the counter gained since the last look.
-    fn check(&self) {
+    /// Publishes the kills the counter gained since the last look. When the
+    /// counter is gone and `init_killed` (the init's SIGKILL exit is about
+    /// to be published), asks the pod's ledger for an untold kill.
+    fn check(&self, init_killed: bool) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let Some(now) = read_oom_kills(&self.file) else {
             debug!(file = %self.file.display(), "OOM kill counter unreadable (cgroup gone?)");
+            if init_killed && !seen.1 {
+                seen.1 = true;
+                if self.ledger.as_ref().is_some_and(|l| l.take_untold()) {
+                    info!(file = %self.file.display(), "cgroup gone before its OOM kill was read; the pod's cgroup counted it");
+                    (self.on_oom)();
+                }
+            }
             return;
         };
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        for _ in *seen..now {
+        let new = now.saturating_sub(seen.0);
+        for _ in 0..new {
             (self.on_oom)();
         }
-        *seen = (*seen).max(now);
+        seen.0 = seen.0.max(now);
+        if let Some(l) = &self.ledger {
+            l.told(new);
+        }
+    }
+}
+
+/// OOM kills counted by a pod's cgroup (the parent of its containers'
+/// cgroups on v2) and how many of them the pod's containers have told.
+pub struct PodLedger {
+    file: PathBuf,
+    /// (the parent's counter when the ledger began, kills told since).
+    counts: Mutex<(u64, u64)>,
+}
+
+impl PodLedger {
+    fn new(parent: &Path) -> Option<Arc<PodLedger>> {
+        let file = parent.join("memory.events");
+        let base = read_oom_kills(&file)?;
+        Some(Arc::new(PodLedger {
+            file,
+            counts: Mutex::new((base, 0)),
+        }))
+    }
+
+    fn told(&self, n: u64) {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).1 += n;
+    }
+
+    /// True, and counted as told, when the parent has a kill nobody told.
+    fn take_untold(&self) -> bool {
+        let Some(now) = read_oom_kills(&self.file) else {
+            return false;
+        };
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let untold = now > c.0 + c.1;
+        if untold {
+            c.1 += 1;
+        }
+        untold
+    }
+}
+
+/// The ledgers of the pods' cgroups a shim watches, by parent directory
+/// (one shim serves one pod: in practice one entry).
+#[derive(Default)]
+pub struct PodLedgers(Mutex<HashMap<PathBuf, Weak<PodLedger>>>);
+
+impl PodLedgers {
+    /// The ledger of the parent of `cg` (v2 only: v1 counters are local).
+    fn of(&self, cg: &ContainerCgroup) -> Option<Arc<PodLedger>> {
+        if !cg.unified {
+            return None;
+        }
+        let parent = cg.dir.parent()?;
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, l| l.strong_count() > 0);
+        if let Some(l) = map.get(parent).and_then(Weak::upgrade) {
+            return Some(l);
+        }
+        let l = PodLedger::new(parent)?;
+        map.insert(parent.to_path_buf(), Arc::downgrade(&l));
+        Some(l)
     }
 }
 
@@ -65,6 +149,7 @@ impl OomWatch {
     /// None when it cannot be watched (said in the log).
     pub fn start(
         cg: &ContainerCgroup,
+        ledgers: &PodLedgers,
         on_oom: impl Fn() + Send + Sync + 'static,
     ) -> Option<OomWatch> {
         let (file, wake) = if cg.unified {
@@ -84,7 +169,8 @@ impl OomWatch {
         debug!(file = %file.display(), kills = seen, "watching OOM kills");
         let counter = Arc::new(Counter {
             file,
-            seen: Mutex::new(seen),
+            seen: Mutex::new((seen, false)),
+            ledger: ledgers.of(cg),
             on_oom: Box::new(on_oom),
         });
         let task = tokio::spawn(watch(wake, counter.clone()));
@@ -92,8 +178,9 @@ impl OomWatch {
     }
 
     /// Publishes, now, every kill not yet told. Cheap (one small file read).
-    pub fn flush(&self) {
-        self.counter.check();
+    /// `init_killed`: the init's exit by SIGKILL is about to be told.
+    pub fn flush(&self, init_killed: bool) {
+        self.counter.check(init_killed);
     }
 }
 
@@ -190,7 +277,7 @@ impl Wake {
 async fn watch(wake: Wake, counter: Arc<Counter>) {
     loop {
         let alive = wake.next().await;
-        counter.check();
+        counter.check(false);
         match alive {
             Ok(true) => {}
             Ok(false) => {
@@ -222,7 +309,8 @@ mod tests {
         let (t, w) = (told.clone(), woken.clone());
         let c = Arc::new(Counter {
             file,
-            seen: Mutex::new(seen),
+            seen: Mutex::new((seen, false)),
+            ledger: None,
             on_oom: Box::new(move || {
                 t.fetch_add(1, Ordering::SeqCst);
                 w.notify_one();
@@ -237,18 +325,18 @@ mod tests {
         let file = dir.path().join("memory.events");
         std::fs::write(&file, "oom 0\noom_kill 0\n").unwrap();
         let (c, told, _) = counter(file.clone(), 0);
-        c.check();
+        c.check(false);
         assert_eq!(told.load(Ordering::SeqCst), 0);
         std::fs::write(&file, "oom 3\noom_kill 2\n").unwrap();
-        c.check();
-        c.check();
+        c.check(false);
+        c.check(false);
         assert_eq!(told.load(Ordering::SeqCst), 2);
         std::fs::write(&file, "oom 3\noom_kill 3\n").unwrap();
-        c.check();
+        c.check(false);
         assert_eq!(told.load(Ordering::SeqCst), 3);
         // The cgroup is gone: nothing more, nothing less.
         std::fs::remove_file(&file).unwrap();
-        c.check();
+        c.check(false);
         assert_eq!(told.load(Ordering::SeqCst), 3);
     }
 
@@ -269,5 +357,101 @@ mod tests {
             .expect("the watch ends with its file")
             .unwrap();
         assert_eq!(told.load(Ordering::SeqCst), 1);
+    }
+}
+
+#[cfg(test)]
+mod ledger_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A pod cgroup with two containers, as files only.
+    struct Pod {
+        dir: tempfile::TempDir,
+    }
+
+    impl Pod {
+        fn new() -> Pod {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("memory.events"), "oom_kill 5\n").unwrap();
+            for c in ["a", "b"] {
+                std::fs::create_dir(dir.path().join(c)).unwrap();
+                std::fs::write(dir.path().join(c).join("memory.events"), "oom_kill 0\n").unwrap();
+            }
+            Pod { dir }
+        }
+
+        fn set(&self, rel: &str, kills: u64) {
+            std::fs::write(
+                self.dir.path().join(rel).join("memory.events"),
+                format!("oom_kill {kills}\n"),
+            )
+            .unwrap();
+        }
+
+        fn counter(&self, ledgers: &PodLedgers, c: &str) -> (Counter, Arc<AtomicUsize>) {
+            let cg = ContainerCgroup {
+                dir: self.dir.path().join(c),
+                unified: true,
+            };
+            let told = Arc::new(AtomicUsize::new(0));
+            let t = told.clone();
+            let counter = Counter {
+                file: cg.dir.join("memory.events"),
+                seen: Mutex::new((0, false)),
+                ledger: ledgers.of(&cg),
+                on_oom: Box::new(move || {
+                    t.fetch_add(1, Ordering::SeqCst);
+                }),
+            };
+            (counter, told)
+        }
+    }
+
+    #[test]
+    fn a_kill_whose_cgroup_is_gone_is_told_from_the_pods_counter_once() {
+        let pod = Pod::new();
+        let ledgers = PodLedgers::default();
+        let (a, told_a) = pod.counter(&ledgers, "a");
+        let (b, told_b) = pod.counter(&ledgers, "b");
+        // b is OOM-killed and reads its own counter: told once, by b.
+        pod.set("b", 1);
+        pod.set("", 6);
+        b.check(false);
+        assert_eq!(told_b.load(Ordering::SeqCst), 1);
+        // a's init is OOM-killed and systemd removes a's scope first.
+        pod.set("", 7);
+        std::fs::remove_dir_all(pod.dir.path().join("a")).unwrap();
+        a.check(false);
+        assert_eq!(
+            told_a.load(Ordering::SeqCst),
+            0,
+            "not without the init's SIGKILL"
+        );
+        a.check(true);
+        a.check(true);
+        assert_eq!(
+            told_a.load(Ordering::SeqCst),
+            1,
+            "the pod's kill nobody told"
+        );
+        assert_eq!(told_b.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_sigkill_without_an_untold_kill_in_the_pod_is_no_oom() {
+        let pod = Pod::new();
+        let ledgers = PodLedgers::default();
+        let (a, told_a) = pod.counter(&ledgers, "a");
+        let (b, told_b) = pod.counter(&ledgers, "b");
+        pod.set("b", 1);
+        pod.set("", 6);
+        b.check(false);
+        // a is killed by a user (SIGKILL, no OOM) and its scope goes.
+        std::fs::remove_dir_all(pod.dir.path().join("a")).unwrap();
+        a.check(true);
+        assert_eq!(told_a.load(Ordering::SeqCst), 0);
+        assert_eq!(told_b.load(Ordering::SeqCst), 1);
     }
 }

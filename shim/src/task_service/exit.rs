@@ -90,12 +90,16 @@ impl TaskService {
     ///    exit (an exit, the end of Start), so each exit is told once and
     ///    in order with the events before it.
     pub(super) fn publish(&self, c: &Shared, g: &mut Container) {
+        let publication = g.take_publishable();
         // A kill that caused an exit is told before the exit, and while the
         // cgroup still exists (runc delete follows the init's TaskExit).
         if let Some(oom) = &g.oom {
-            oom.flush();
+            let init_killed = publication
+                .exits
+                .iter()
+                .any(|e| e.pid == g.init.pid && e.exit.status == 128 + libc::SIGKILL as u32);
+            oom.flush(init_killed);
         }
-        let publication = g.take_publishable();
         for e in publication.exits {
             self.inner.events.send(
                 topics::TASK_EXIT_EVENT_TOPIC,
@@ -157,7 +161,7 @@ impl TaskService {
     /// OOM kills in the container's cgroup, as TaskOOM events.
     pub(super) fn watch_oom(&self, id: String, cgroup: &ContainerCgroup) -> Option<OomWatch> {
         let events = self.inner.events.clone();
-        OomWatch::start(cgroup, move || {
+        OomWatch::start(cgroup, &self.inner.oom_ledgers, move || {
             info!(id, "container OOM-killed a process");
             events.send(
                 topics::TASK_OOM_EVENT_TOPIC,

@@ -69,6 +69,9 @@ struct Inner {
     exit: Arc<ExitSignal>,
     detached: Detached,
     platform: Arc<dyn Platform>,
+    /// OOM kills the pod's cgroup counted, for containers whose own
+    /// cgroup is gone before their kill is read (systemd driver).
+    oom_ledgers: crate::cgroup::PodLedgers,
 }
 
 impl TaskService {
@@ -98,6 +101,7 @@ impl TaskService {
             inner: Arc::new(Inner {
                 namespace,
                 registry: Registry::default(),
+                oom_ledgers: Default::default(),
                 reaper,
                 events,
                 exit,
