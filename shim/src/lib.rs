@@ -28,6 +28,7 @@ pub mod events;
 pub mod info;
 pub mod logging;
 pub mod platform;
+pub mod private_dir;
 pub mod process_handle;
 pub mod process_state;
 pub mod protos;
