@@ -393,7 +393,9 @@ pub fn config_toml_v3(dir: &Path, opts: &Options) -> String {
 /// state and sockets in `dir`, the log level, no metrics.
 fn config_head(version: u32, dir: &Path, opts: &Options) -> String {
     let d = |p: &str| toml_str(&dir.join(p).to_string_lossy());
-    let level = if opts.debug || std::env::var_os("BRISK_CONTAINERD_DEBUG").is_some() {
+    let level = if opts.debug
+        || std::env::var_os("BRISK_CONTAINERD_DEBUG").is_some_and(|v| !v.is_empty())
+    {
         "debug"
     } else {
         "info"

@@ -92,6 +92,12 @@ pub struct RuntimeConfig {
     pub volatile: bool,
     #[serde(default)]
     pub discard_dirty_volatile_workdir: bool,
+    /// Owner given to the stdio FIFOs and pipes of the container (runc
+    /// options `io_uid`/`io_gid`: a user-namespaced pod's root).
+    #[serde(default)]
+    pub io_uid: u32,
+    #[serde(default)]
+    pub io_gid: u32,
 }
 
 fn yes() -> bool {
@@ -112,6 +118,8 @@ impl RuntimeConfig {
             no_new_keyring: false,
             volatile: true,
             discard_dirty_volatile_workdir: false,
+            io_uid: 0,
+            io_gid: 0,
         }
     }
 
@@ -133,6 +141,8 @@ impl RuntimeConfig {
             cfg.systemd_cgroup = o.systemd_cgroup;
             cfg.no_pivot_root = o.no_pivot_root;
             cfg.no_new_keyring = o.no_new_keyring;
+            cfg.io_uid = o.io_uid;
+            cfg.io_gid = o.io_gid;
         } else if any.type_url.ends_with("runtimeoptions.v1.Options") {
             let ro = decode_runtime_options(&any.value)?;
             let file = if !ro.config_body.is_empty() {
@@ -267,6 +277,8 @@ mod tests {
             binary_name: "/opt/runc".into(),
             root: "/run/x".into(),
             systemd_cgroup: true,
+            io_uid: 100000,
+            io_gid: 100001,
             ..Default::default()
         };
         let a = any("containerd.runc.v1.Options", o.write_to_bytes().unwrap());
@@ -274,6 +286,7 @@ mod tests {
         assert_eq!(cfg.runc_binary, PathBuf::from("/opt/runc"));
         assert_eq!(cfg.runc_root, PathBuf::from("/run/x/ns"));
         assert!(cfg.systemd_cgroup);
+        assert_eq!((cfg.io_uid, cfg.io_gid), (100000, 100001));
     }
 
     #[test]

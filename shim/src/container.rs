@@ -38,6 +38,8 @@ pub struct Process {
     pub held: HeldIo,
     /// Pty master kept for ResizePty.
     pub console: Option<File>,
+    /// The logging binary of a `binary://` log URI; ended when dropped.
+    pub logger: Option<crate::log_binary::BinaryLogger>,
     /// The exec's process spec, until Start runs it.
     pub spec: Option<ExecProcessSpec>,
     /// An exec's pidfd while it runs: Kill signals through it.
@@ -55,6 +57,7 @@ impl Process {
             stdio,
             held: HeldIo::default(),
             console: None,
+            logger: None,
             spec,
             handle: None,
             told: watch::channel(None).0,
@@ -98,6 +101,8 @@ pub struct Container {
     /// The container shares a pid namespace (the pod's, the node's): at
     /// its init's exit nothing kills the rest, so the shim does.
     pub shares_pid_ns: bool,
+    /// `io_uid`/`io_gid` of the runc options, for the stdio of its execs.
+    pub io_owner: (u32, u32),
     /// The container's own state machine; changed only through the
     /// transitions in `container_state`.
     pub(crate) life: Life,
@@ -127,6 +132,7 @@ impl Container {
             init,
             execs: HashMap::new(),
             shares_pid_ns: false,
+            io_owner: (0, 0),
             oom: None,
             cgroup: None,
             life: Life::created(rootfs),

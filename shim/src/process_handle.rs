@@ -32,6 +32,11 @@ impl ProcessHandle {
         Ok(ProcessHandle { pid, fd })
     }
 
+    /// A handle from a pidfd opened elsewhere (see `ExitWatch::spawn`).
+    pub fn from_fd(pid: i32, fd: OwnedFd) -> Self {
+        ProcessHandle { pid, fd }
+    }
+
     pub fn pid(&self) -> i32 {
         self.pid
     }

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::{
     detached::{Detached, WorkKey},
     error::{Result, ShimError},
+    lowerdirs,
     platform::Platform,
 };
 
@@ -82,27 +83,51 @@ pub fn parse_options(options: &[String]) -> (MsFlags, String) {
 
 fn mount_one(m: &Mount, target: &Path) -> Result<()> {
     let (flags, data) = parse_options(&m.options);
-    // The kernel takes one page of mount data.
-    if data.len() >= 4096 {
-        return Err(ShimError::Mount {
-            target: target.to_path_buf(),
-            reason: format!(
-                "{} mount options are {} bytes, over the kernel's 4096",
-                m.type_,
-                data.len()
-            ),
-        });
-    }
     let fs_type = (!m.type_.is_empty() && m.type_ != "bind").then_some(m.type_.as_str());
     let source = (!m.source.is_empty()).then_some(m.source.as_str());
-    let data_opt = (!data.is_empty()).then_some(data.as_str());
-    nix::mount::mount(source, target, fs_type, flags, data_opt).map_err(|e| ShimError::Mount {
+    let too_long = |data: &str, how: &str| ShimError::Mount {
         target: target.to_path_buf(),
         reason: format!(
-            "{} mount of {} with options {:?}: {e}",
-            m.type_, m.source, m.options
+            "{} mount options are {} bytes{how}, over the kernel's {}",
+            m.type_,
+            data.len(),
+            lowerdirs::PAGE
         ),
-    })?;
+    };
+    let failed = |options: String, e: std::io::Error| ShimError::Mount {
+        target: target.to_path_buf(),
+        reason: format!(
+            "{} mount of {} with options {options}: {e}",
+            m.type_, m.source
+        ),
+    };
+    if m.type_ == "overlay" && data.len() >= lowerdirs::COMPACT_AT {
+        // Many layers: lowerdirs relative to their common parent.
+        let Some(c) = lowerdirs::compact(&data) else {
+            return Err(too_long(
+                &data,
+                " and the lowerdirs share no parent to shorten them by",
+            ));
+        };
+        if c.data.len() >= lowerdirs::PAGE {
+            return Err(too_long(
+                &c.data,
+                &format!(" even with lowerdirs relative to {}", c.dir.display()),
+            ));
+        }
+        // The mount runs with another working directory.
+        let from = || format!("{:?} (from {})", c.data, c.dir.display());
+        let target = std::path::absolute(target).map_err(|e| failed(from(), e))?;
+        lowerdirs::mount_from(&c.dir, source, &target, fs_type, flags, &c.data)
+            .map_err(|e| failed(from(), e))?;
+        return Ok(());
+    }
+    if data.len() >= lowerdirs::PAGE {
+        return Err(too_long(&data, ""));
+    }
+    let data_opt = (!data.is_empty()).then_some(data.as_str());
+    nix::mount::mount(source, target, fs_type, flags, data_opt)
+        .map_err(|e| failed(format!("{:?}", m.options), e.into()))?;
     // A read-only bind needs a remount to take effect.
     if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
         nix::mount::mount(
@@ -296,6 +321,30 @@ mod tests {
         let (flags, data) = parse_options(&opts);
         assert!(flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
         assert_eq!(data, "lowerdir=/a:/b,volatile");
+    }
+
+    fn overlay_of(lowers: impl Iterator<Item = String>) -> Mount {
+        let lower = format!("lowerdir={}", lowers.collect::<Vec<_>>().join(":"));
+        mount("overlay", "overlay", &[&lower, "upperdir=/u", "workdir=/w"])
+    }
+
+    #[test]
+    fn overlay_options_too_long_even_compacted_are_named() {
+        let long = "y".repeat(100);
+        let m = overlay_of((0..50).map(|i| format!("/snapshots/{long}{i}/fs")));
+        let e = mount_one(&m, Path::new("/t")).unwrap_err().to_string();
+        assert!(
+            e.contains("even with lowerdirs relative to /snapshots") && e.contains("4096"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn overlay_options_too_long_without_common_parent_are_named() {
+        let long = "z".repeat(100);
+        let m = overlay_of((0..50).map(|i| format!("/{long}{i}/fs")));
+        let e = mount_one(&m, Path::new("/t")).unwrap_err().to_string();
+        assert!(e.contains("share no parent") && e.contains("4096"), "{e}");
     }
 
     #[test]

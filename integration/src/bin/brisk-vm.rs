@@ -264,6 +264,11 @@ fn run() -> Result<i32> {
             // libtest's --report-time is unstable.
             ("RUSTC_BOOTSTRAP".into(), "1".into()),
             ("BRISK_CGROUP_DRIVER".into(), "systemd".into()),
+            // Debug logs of containerd and the shims, when asked for.
+            (
+                "BRISK_CONTAINERD_DEBUG".into(),
+                std::env::var("BRISK_CONTAINERD_DEBUG").unwrap_or_default(),
+            ),
             ("BRISK_SHIM_BIN".into(), shim.to_string_lossy().into_owned()),
             (
                 "BRISK_IMAGES_DIR".into(),

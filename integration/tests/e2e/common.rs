@@ -154,12 +154,15 @@ pub fn exit_on_go(code: i32) -> String {
 /// Let a CRI container started with [`exit_on_go`] exit: create `/go` in
 /// its rootfs from the host (works while containerd is down, too).
 pub fn go(cd: &Containerd, id: &str) {
-    let rootfs = cd
-        .dir
+    std::fs::write(rootfs_of(cd, id).join("go"), "").expect("create /go in the container's rootfs");
+}
+
+/// The host path of a CRI container's rootfs (its bundle's mount point).
+pub fn rootfs_of(cd: &Containerd, id: &str) -> std::path::PathBuf {
+    cd.dir
         .join("state/io.containerd.runtime.v2.task/k8s.io")
         .join(id)
-        .join("rootfs");
-    std::fs::write(rootfs.join("go"), "").expect("create /go in the container's rootfs");
+        .join("rootfs")
 }
 
 /// brisk config (for `Options::brisk_config_toml`) that runs runc through
@@ -172,5 +175,67 @@ pub fn wrapper_options() -> Options {
             brisk_integration::fault::RuncWrapper::SCRIPT_IN_DIR
         )),
         ..Default::default()
+    }
+}
+
+/// `ctr events` of a containerd, every line kept; subscribed when
+/// [`CtrEvents::start`] returns. ctr takes from milliseconds (a host) to
+/// seconds (a TCG guest) to subscribe, so the start is confirmed by an
+/// event of our own (a label on the k8s.io namespace) coming through.
+pub struct CtrEvents {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CtrEvents {
+    pub fn start(cd: &Containerd) -> CtrEvents {
+        use std::io::BufRead;
+        let ctr = cd.ctr_in("k8s.io");
+        let mut child = ctr
+            .command(&["events"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("ctr events");
+        let out = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        let events = CtrEvents { child, lines };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        for n in 0.. {
+            let marker = format!("brisk-events-sync={}-{n}", std::process::id());
+            ctr.run(&["namespaces", "label", "k8s.io", &marker])
+                .expect("ctr namespaces label");
+            let seen = std::time::Instant::now() + Duration::from_secs(2);
+            while std::time::Instant::now() < seen {
+                let value = marker.split('=').nth(1).unwrap();
+                if events.lines().iter().any(|l| l.contains(value)) {
+                    return events;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ctr events never subscribed"
+            );
+        }
+        unreachable!()
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for CtrEvents {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

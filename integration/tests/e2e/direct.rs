@@ -145,9 +145,25 @@ impl Shim {
     }
 
     /// Connect to the shim serving the bundle `bundle` (its `address` file).
+    /// Connect to the shim of a bundle: its `address` file, or, from
+    /// containerd 2.3 on (for shims that do not write that file, as the
+    /// stock one), the address containerd kept in `bootstrap.json`.
     pub fn of_bundle(bundle: &Path) -> Result<Shim> {
-        let a = std::fs::read_to_string(bundle.join("address"))
-            .with_context(|| format!("address file of {}", bundle.display()))?;
+        let a = match std::fs::read_to_string(bundle.join("address")) {
+            Ok(a) => a,
+            Err(_) => {
+                let path = bundle.join("bootstrap.json");
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!("address file or bootstrap.json of {}", bundle.display())
+                })?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+                v["address"]
+                    .as_str()
+                    .with_context(|| format!("no address in {}", path.display()))?
+                    .to_string()
+            }
+        };
         Self::connect(&socket_of(&a))
     }
 

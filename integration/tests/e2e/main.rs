@@ -14,6 +14,8 @@ mod fds;
 mod features;
 mod lifecycle;
 mod lock;
+mod log_uri;
+mod many_layers;
 mod restart;
 mod shared_pid;
 mod shim_kill;

@@ -2,65 +2,31 @@
 //! exits that happen around the restart reach CRI with their real code,
 //! once.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use brisk_integration::cri::{ContainerState, PodSandboxState};
 use brisk_integration::fault::UmountDelay;
 use brisk_integration::{sys, ContainerSpec, Containerd, BRISK_HANDLER, RUNC_HANDLER};
-use containerd_shim_protos::api::Status;
 
 use crate::common::{self, exit_on_go, go, EXIT_TIMEOUT};
-use crate::direct::{status_of, Shim};
 
 /// `ctr events` running in the background, its lines collected.
-struct Events {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
+/// `ctr events` for the test's duration.
+struct Events(common::CtrEvents);
 
 impl Events {
     fn start(cd: &Containerd) -> Events {
-        let mut child = cd
-            .ctr_in("k8s.io")
-            .command(&["events"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ctr events");
-        let out = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(line);
-            }
-        });
-        // Let it subscribe.
-        std::thread::sleep(Duration::from_millis(300));
-        Events { child, lines }
+        Events(common::CtrEvents::start(cd))
     }
 
     /// `/tasks/exit` events of the init process of container `id`.
     fn init_exits(&self, id: &str) -> Vec<String> {
         let needle = format!("\"id\":\"{id}\"");
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
+        self.0
+            .lines()
+            .into_iter()
             .filter(|l| l.contains("/tasks/exit") && l.contains(&needle))
-            .cloned()
             .collect()
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        sys::kill(self.child.id() as i32, libc::SIGKILL);
-        let _ = self.child.wait();
     }
 }
 
@@ -155,33 +121,30 @@ fn containerd_restart_reconnects_tasks() {
 
 /// A container exits while containerd is down; after containerd is back,
 /// CRI shows it EXITED with its code and the pod's other container runs on.
+/// (containerd 1.7 and later delete such a task as a leaked shim when its
+/// Pids is empty, and CRI says 255 "Unknown": the stock shim does so on
+/// 2.3.4; see `Pids` in the shim.)
 #[test]
 fn container_exits_while_containerd_is_down() {
-    let Some(mut cd) = common::start(BRISK_HANDLER) else {
+    let handler = BRISK_HANDLER;
+    let Some(mut cd) = common::start(handler) else {
         return;
     };
     let cri = cd.cri();
-    let pod = cri.run_pod_sandbox(BRISK_HANDLER, "down").expect("pod");
+    let pod = cri.run_pod_sandbox(handler, "down").expect("pod");
     let keep = cri
         .run_container(&pod, &ContainerSpec::new("keep", &["sleep", "1000"]))
         .expect("keep");
     let c = cri
         .run_container(&pod, &ContainerSpec::sh("exits", &exit_on_go(9)))
         .expect("exits");
-    let shim = Shim::of_cri_container(&cd, &c).expect("connect to the shim");
+    let pids = cd.ctr_in("k8s.io").task_pids(&c).expect("ctr tasks ps");
     cd.stop().expect("stop containerd");
     go(&cd, &c);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = shim.state(&c, "").expect("State from the shim");
-        if status_of(&st) == Status::STOPPED {
-            assert_eq!(st.exit_status, 9, "{st:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "not stopped: {st:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    drop(shim);
+    assert!(
+        sys::wait_gone(&pids, Duration::from_secs(10)),
+        "the container's processes {pids:?} did not end"
+    );
     cd.start_again().expect("start containerd again");
     let cri = cd.cri();
     let st = cri.wait_for_exited(&c, EXIT_TIMEOUT).expect("exited");
@@ -194,9 +157,23 @@ fn container_exits_while_containerd_is_down() {
     common::remove_pod_and_finish(cd, &pod);
 }
 
-/// containerd restarted about 2 s after a container exits, while the shim's
-/// umount2 is delayed 10 s: CRI ends up with EXITED and the real exit code.
-fn restart_during_delayed_unmount(handler: &str) {
+/// When the restart comes in [`restart_during_delayed_unmount`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RestartAt {
+    /// 2 s after the exit, whatever the shim is doing then.
+    TwoSecondsAfterTheExit,
+    /// 2 s after the exit, or later, once CRI has recorded the exit: with
+    /// brisk the unmount is still pending then (it runs after Delete). A
+    /// restart while containerd is still handling the exit (the shim's
+    /// Delete answered, CRI not yet written its status) loses the exit in
+    /// containerd with any shim; in a TCG guest, where strace makes each
+    /// runc call take seconds, brisk's Delete can still be in flight at 2 s.
+    AfterTheExitIsRecorded,
+}
+
+/// containerd restarted while the shim's umount2 is delayed 10 s, about 2 s
+/// after a container exits: CRI ends up with EXITED and the real exit code.
+fn restart_during_delayed_unmount(handler: &str, at: RestartAt) {
     let Some(mut cd) = common::start(handler) else {
         return;
     };
@@ -213,7 +190,13 @@ fn restart_during_delayed_unmount(handler: &str) {
         .expect("the pod's shim");
     let strace = UmountDelay::attach(shim, Duration::from_secs(10)).expect("strace");
     go(&cd, &c);
+    let exited = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
+    if at == RestartAt::AfterTheExitIsRecorded {
+        cri.wait_for_exited(&c, Duration::from_secs(8))
+            .expect("EXITED before the delayed unmount ends");
+    }
+    eprintln!("{handler}: restart {:?} after the exit", exited.elapsed());
     cd.restart().expect("restart containerd");
     let restarted = Instant::now();
     let st = cd
@@ -247,7 +230,7 @@ fn restart_during_delayed_unmount(handler: &str) {
 
 #[test]
 fn containerd_restart_during_delayed_unmount_brisk() {
-    restart_during_delayed_unmount(BRISK_HANDLER);
+    restart_during_delayed_unmount(BRISK_HANDLER, RestartAt::AfterTheExitIsRecorded);
 }
 
 /// The stock shim reports UNKNOWN with exit code 0 here (see
@@ -255,5 +238,5 @@ fn containerd_restart_during_delayed_unmount_brisk() {
 #[test]
 #[ignore = "documents a stock-shim failure"]
 fn containerd_restart_during_delayed_unmount_runc() {
-    restart_during_delayed_unmount(RUNC_HANDLER);
+    restart_during_delayed_unmount(RUNC_HANDLER, RestartAt::TwoSecondsAfterTheExit);
 }

@@ -48,6 +48,7 @@ impl Counter {
     /// Publishes the kills the counter gained since the last look.
     fn check(&self) {
         let Some(now) = read_oom_kills(&self.file) else {
+            debug!(file = %self.file.display(), "OOM kill counter unreadable (cgroup gone?)");
             return;
         };
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,6 +81,7 @@ impl OomWatch {
             }
         };
         let seen = read_oom_kills(&file).unwrap_or(0);
+        debug!(file = %file.display(), kills = seen, "watching OOM kills");
         let counter = Arc::new(Counter {
             file,
             seen: Mutex::new(seen),

@@ -27,6 +27,7 @@ use crate::{
     container::{Container, Process},
     detached::{Job, WorkKey},
     error::{Result, ShimError},
+    io_owner, log_binary,
     platform::Platform,
     rootfs::{self, MountedRootfs},
     stdio::{self, ConsoleSocket, StdioPaths},
@@ -145,7 +146,12 @@ impl TaskService {
         let mut init = Process::new(id.clone(), paths.clone(), None);
         let since = Instant::now();
         rollback.runc = Some(runc.clone());
-        let created = run_create(&*runc, &id, &bundle, &cfg, &paths, &mut init).await;
+        let who = Who {
+            id: &id,
+            namespace: &self.inner.namespace,
+            exits: &self.inner.reaper,
+        };
+        let created = run_create(&*runc, &who, &bundle, &cfg, &paths, &mut init).await;
         if let Err(e) = created {
             warn!(id, error = %e, "create failed, cleaning up");
             rollback.undo().await;
@@ -154,6 +160,7 @@ impl TaskService {
         let pid = init.pid;
         let mut container = Container::new(id.clone(), bundle, runc, init, rollback.commit());
         container.shares_pid_ns = !spec.own_pid_namespace();
+        container.io_owner = (cfg.io_uid, cfg.io_gid);
         let container = Arc::new(Mutex::new(container));
         self.inner.registry.insert(reservation, container.clone());
         // Before the container runs: no kill can come before the watch.
@@ -236,15 +243,23 @@ impl TaskService {
     }
 }
 
+/// Whose container a Create makes, for a logging binary's environment.
+struct Who<'a> {
+    id: &'a str,
+    namespace: &'a str,
+    exits: &'a dyn runc_wrapper::ExitWatch,
+}
+
 /// `runc create` with the process's stdio, filling in `init.pid`.
 async fn run_create(
     runc: &dyn RuncApi,
-    id: &str,
+    who: &Who<'_>,
     bundle: &Path,
     cfg: &RuntimeConfig,
     paths: &StdioPaths,
     init: &mut Process,
 ) -> Result<()> {
+    let id = who.id;
     let pid_file = bundle.join("init.pid");
     let mut opts = CreateOpts {
         pid_file: pid_file.clone(),
@@ -262,8 +277,17 @@ async fn run_create(
         let master =
             master.map_err(|_| ShimError::Other("runc sent no pty master within 30s".into()))??;
         init.console = Some(stdio::start_pty_copy(master, paths)?);
+    } else if let Some(uri) = log_binary::parse(&paths.stdout) {
+        // As the stock shim: the logger takes stdout and stderr, and the
+        // container's stdin is not connected.
+        let (io, logger) = log_binary::start(&uri?, id, who.namespace, who.exits).await?;
+        io_owner::apply(&io, cfg.io_uid, cfg.io_gid)?;
+        opts.io = io;
+        init.logger = Some(logger);
+        runc.create(id, bundle, opts).await?;
     } else {
         let (io, held) = stdio::open_direct(paths)?;
+        io_owner::apply(&io, cfg.io_uid, cfg.io_gid)?;
         opts.io = io;
         runc.create(id, bundle, opts).await?;
         init.held = held;

@@ -77,7 +77,7 @@ impl TaskService {
     }
 
     async fn run_exec(&self, c: &Shared, exec_id: &str) -> Result<i32> {
-        let (call, runc, id, bundle, spec, paths) = {
+        let (call, runc, id, bundle, spec, paths, (io_uid, io_gid)) = {
             let mut g = container::lock(c);
             let p = g.process(exec_id)?;
             p.state.next(Event::Start, exec_id)?;
@@ -94,6 +94,7 @@ impl TaskService {
                 g.bundle.clone(),
                 spec,
                 paths,
+                g.io_owner,
             )
         };
         let pid_file = bundle.join(format!("{exec_id}.pid"));
@@ -117,6 +118,7 @@ impl TaskService {
             console_file = Some(stdio::start_pty_copy(master, &paths)?);
         } else {
             let (io, h): (ProcessIo, _) = stdio::open_direct(&paths)?;
+            crate::io_owner::apply(&io, io_uid, io_gid)?;
             opts.io = io;
             runc.exec(&id, exec_id, &bundle, spec.json(), opts).await?;
             held = h;

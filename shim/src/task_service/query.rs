@@ -51,12 +51,19 @@ impl TaskService {
         exit.ok_or_else(gone)
     }
 
+    /// The container's processes (`runc ps`), or, once its init has exited
+    /// and until Delete, the init alone. An exited task must not look
+    /// empty: containerd 1.7 and later, when they start again, take a task
+    /// (not a sandbox) without processes for a shim leaked before its task
+    /// was created and delete it without telling CRI, which then records
+    /// exit 255 "Unknown" for a container that exited while containerd was
+    /// down. The stock shim's `runc ps` answers empty there and loses it.
     pub(super) async fn pids(&self, id: &str) -> Result<api::PidsResponse> {
         let c = self.container(id)?;
         let (runc, execs, call) = {
             let mut g = container::lock(&c);
             if !g.init.state.is_alive() {
-                return Ok(api::PidsResponse::default());
+                return Ok(exited_init(g.init.pid));
             }
             let execs: HashMap<i32, String> =
                 g.execs.values().map(|p| (p.pid, p.id.clone())).collect();
@@ -69,9 +76,9 @@ impl TaskService {
             .await
         {
             Ok(Outcome::Done(pids)) => pids,
-            // It exited while runc looked: no processes, as for a stopped task.
+            // It exited while runc looked: as for an exited task.
             Ok(Outcome::Exited) | Err(ShimError::Exiting(_)) => {
-                return Ok(api::PidsResponse::default())
+                return Ok(exited_init(container::lock(&c).init.pid))
             }
             Err(other) => return Err(other),
         };
@@ -155,5 +162,16 @@ impl TaskService {
         let mut g = container::lock(&c);
         g.process_mut(exec_id)?.held.close_stdin();
         Ok(())
+    }
+}
+
+/// Pids of a container whose init has exited: the init alone.
+fn exited_init(pid: i32) -> api::PidsResponse {
+    api::PidsResponse {
+        processes: vec![api::ProcessInfo {
+            pid: pid as u32,
+            ..Default::default()
+        }],
+        ..Default::default()
     }
 }

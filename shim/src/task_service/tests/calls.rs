@@ -46,11 +46,14 @@ async fn kill_update_and_state_during_the_exit() {
     assert!(e.to_string().contains("task c1 is exiting"), "{e}");
     let e = shim.svc.kill("c1", "", 9, false).await.unwrap_err();
     assert_eq!(code(&e), Code::NOT_FOUND, "{e}");
-    assert!(within(shim.svc.pids("c1"))
+    let listed: Vec<u32> = within(shim.svc.pids("c1"))
         .await
         .unwrap()
         .processes
-        .is_empty());
+        .iter()
+        .map(|p| p.pid)
+        .collect();
+    assert_eq!(listed, vec![pid as u32], "the exited init, until Delete");
     let e = shim.svc.stats("c1").await.unwrap_err();
     assert_eq!(code(&e), Code::NOT_FOUND, "{e}");
     // runc update still hangs, detached: nothing waited for it.
@@ -146,4 +149,23 @@ async fn update_passes_unknown_resource_fields_to_runc() {
     };
     shim.svc.update(&req).await.unwrap();
     assert_eq!(shim.runc().updates(), vec![sent]);
+}
+
+/// containerd 1.7 and later, when they start again, delete without a word
+/// to CRI every task (not a sandbox) whose Pids is empty, as a shim leaked
+/// by a crash before its task was created: CRI then records exit 255,
+/// "Unknown", for a container that exited while containerd was down. Pids
+/// of an exited, not yet deleted container therefore lists its init.
+#[tokio::test]
+async fn pids_of_an_exited_container_list_its_init_until_delete() {
+    let shim = Shim::new();
+    let pid = shim.run("c1").await;
+    shim.reap(pid, 9).await;
+    assert_eq!(shim.exits_and_deletes(), vec![Ev::Exit("c1".into(), 9)]);
+    let r = within(shim.svc.pids("c1")).await.unwrap();
+    let listed: Vec<u32> = r.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(listed, vec![pid as u32]);
+    within(shim.svc.delete("c1", "")).await.unwrap();
+    let e = within(shim.svc.pids("c1")).await.unwrap_err();
+    assert_eq!(code(&e), Code::NOT_FOUND, "{e}");
 }
