@@ -1,9 +1,19 @@
 //! `brisk-ctl doctor`: checks what a node needs before brisk
 //! runs there, and prints one verdict per check.
 
-use std::{fmt, os::unix::net::UnixStream, path::Path, process::Command};
+use std::{
+    fmt,
+    os::unix::{
+        fs::{MetadataExt, PermissionsExt},
+        net::UnixStream,
+    },
+    path::Path,
+    process::Command,
+};
 
-use brisk_shim::volatile;
+use brisk_shim::{shim_socket, volatile};
+
+use crate::runc_cves::{self, RuncVersion};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -89,19 +99,107 @@ fn check_containerd() -> Vec<Check> {
     out
 }
 
-fn check_runc() -> Check {
+fn check_runc() -> Vec<Check> {
     match run("runc", &["--version"]) {
-        Ok(v) => Check {
-            name: "runc",
-            verdict: Verdict::Ok,
-            detail: first_line(&v),
-        },
-        Err(e) => Check {
+        Ok(v) => vec![
+            Check {
+                name: "runc",
+                verdict: Verdict::Ok,
+                detail: first_line(&v),
+            },
+            runc_security(&v),
+        ],
+        Err(e) => vec![Check {
             name: "runc",
             verdict: Verdict::Fail,
             detail: format!("{e} (set runc_binary in brisk.toml)"),
-        },
+        }],
     }
+}
+
+/// Known container escapes the runc version predates the upstream fixes
+/// of. A warning: distributions backport fixes without changing the
+/// upstream version.
+fn runc_security(version_output: &str) -> Check {
+    let name = "runc security fixes";
+    let Some(v) = RuncVersion::parse(version_output) else {
+        return Check {
+            name,
+            verdict: Verdict::Warn,
+            detail: format!(
+                "cannot read a version from {:?}",
+                first_line(version_output)
+            ),
+        };
+    };
+    let missing = runc_cves::missing_fixes(&v);
+    if missing.is_empty() {
+        return Check {
+            name,
+            verdict: Verdict::Ok,
+            detail:
+                "at or above the upstream fixes of CVE-2024-21626 and CVE-2025-31133/52565/52881"
+                    .into(),
+        };
+    }
+    Check {
+        name,
+        verdict: Verdict::Warn,
+        detail: format!(
+            "upstream {}.{}.{} predates the fixes of {} (fixed in 1.1.12; 1.2.8, 1.3.3, 1.4.0-rc.3); distributions backport fixes, so check your vendor's advisory",
+            v.major,
+            v.minor,
+            v.patch,
+            missing.join("; ")
+        ),
+    }
+}
+
+/// The directory of the shim sockets: whoever can write there can swap a
+/// pod's socket for their own, and whoever can enter it can try to connect.
+fn check_socket_dir(dir: &Path) -> Check {
+    let name = "shim socket directory";
+    let check = |verdict, detail: String| Check {
+        name,
+        verdict,
+        detail: format!("{}: {detail}", dir.display()),
+    };
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return check(
+                Verdict::Ok,
+                "not there yet (created 0700 by the first shim)".into(),
+            )
+        }
+        Err(e) => return check(Verdict::Fail, format!("stat: {e}")),
+    };
+    if meta.file_type().is_symlink() {
+        return check(Verdict::Fail, "is a symlink; shims refuse it".into());
+    }
+    if !meta.is_dir() {
+        return check(Verdict::Fail, "is not a directory".into());
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if meta.uid() != 0 {
+        return check(
+            Verdict::Fail,
+            format!("owned by uid {}, not root", meta.uid()),
+        );
+    }
+    if mode & 0o022 != 0 {
+        return check(
+            Verdict::Fail,
+            format!("mode {mode:04o} lets others write; shims refuse it"),
+        );
+    }
+    if mode & 0o077 != 0 {
+        return check(
+            Verdict::Warn,
+            format!("mode {mode:04o} opens it to group or others; 0700 is expected"),
+        );
+    }
+    check(Verdict::Ok, format!("mode {mode:04o}, owned by root"))
 }
 
 fn check_cgroups() -> Check {
@@ -176,7 +274,8 @@ fn check_leftovers() -> Vec<Check> {
 pub fn run_all() -> i32 {
     let mut checks = vec![check_volatile()];
     checks.extend(check_containerd());
-    checks.push(check_runc());
+    checks.extend(check_runc());
+    checks.push(check_socket_dir(Path::new(shim_socket::DEFAULT_SOCKET_DIR)));
     checks.push(check_cgroups());
     checks.extend(check_leftovers());
     for c in &checks {
@@ -192,4 +291,52 @@ pub fn run_all() -> i32 {
         }
     );
     i32::from(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    #[test]
+    fn runc_security_warns_by_version_and_mentions_backports() {
+        let c = runc_security("runc version 1.1.5+ds1\ncommit: x\n");
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(c.detail.contains("1.1.5"), "{}", c.detail);
+        assert!(c.detail.contains("CVE-2024-21626"), "{}", c.detail);
+        assert!(c.detail.contains("CVE-2025-31133"), "{}", c.detail);
+        assert!(c.detail.contains("backport"), "{}", c.detail);
+        assert_eq!(runc_security("runc version 1.3.3\n").verdict, Verdict::Ok);
+        assert_eq!(runc_security("garbage").verdict, Verdict::Warn);
+    }
+
+    #[test]
+    fn socket_dir_mode_and_owner_are_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        assert_eq!(check_socket_dir(&dir).verdict, Verdict::Ok);
+        std::fs::create_dir(&dir).unwrap();
+        let set = |m| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m)).unwrap();
+        // Owner and mode checks mean something only as root (the shim's uid).
+        let root = std::fs::metadata(tmp.path()).unwrap().uid() == 0;
+        if root {
+            set(0o700);
+            assert_eq!(check_socket_dir(&dir).verdict, Verdict::Ok);
+            set(0o711);
+            assert_eq!(check_socket_dir(&dir).verdict, Verdict::Warn);
+            set(0o777);
+            let c = check_socket_dir(&dir);
+            assert_eq!(c.verdict, Verdict::Fail);
+            assert!(c.detail.contains("0777"), "{}", c.detail);
+            set(0o700);
+            std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
+            let c = check_socket_dir(&dir);
+            assert_eq!(c.verdict, Verdict::Fail);
+            assert!(c.detail.contains("uid 65534"), "{}", c.detail);
+        }
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert_eq!(check_socket_dir(&link).verdict, Verdict::Fail);
+    }
 }

@@ -3,6 +3,7 @@
 
 mod canary;
 mod doctor;
+mod runc_cves;
 
 use std::{path::PathBuf, process::ExitCode};
 

@@ -4,10 +4,8 @@
 
 use std::{fmt::Debug, path::Path};
 
-use async_trait::async_trait;
-use oci_spec::runtime::LinuxResources;
-
 use crate::{CreateOpts, ExecOpts, Result, Runc};
+use async_trait::async_trait;
 
 /// One container runtime, with the subcommands a shim uses.
 #[async_trait]
@@ -20,8 +18,9 @@ pub trait RuncApi: Debug + Send + Sync {
     async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()>;
     /// `runc delete`, forced (killing what runs) with `force`.
     async fn delete(&self, id: &str, force: bool) -> Result<()>;
-    /// `runc update` with the resources as JSON.
-    async fn update(&self, id: &str, resources: &LinuxResources) -> Result<()>;
+    /// `runc update` with the resources (OCI `LinuxResources`) as JSON,
+    /// passed on as given.
+    async fn update(&self, id: &str, resources_json: &[u8]) -> Result<()>;
     /// `runc exec --detach` of a process spec given as JSON.
     async fn exec(
         &self,
@@ -53,8 +52,8 @@ impl RuncApi for Runc {
     async fn delete(&self, id: &str, force: bool) -> Result<()> {
         Runc::delete(self, id, force).await
     }
-    async fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
-        Runc::update(self, id, resources).await
+    async fn update(&self, id: &str, resources_json: &[u8]) -> Result<()> {
+        Runc::update(self, id, resources_json).await
     }
     async fn exec(
         &self,

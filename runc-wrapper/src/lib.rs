@@ -19,7 +19,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oci_spec::runtime::LinuxResources;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
@@ -158,14 +157,13 @@ impl Runc {
         }
     }
 
-    /// `runc update --resources -`, with the resources as JSON on stdin.
-    pub async fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
-        let json = serde_json::to_vec(resources).map_err(|source| RuncError::Decode {
-            command: "update".into(),
-            source,
-        })?;
+    /// `runc update --resources -`, with the resources (OCI
+    /// `LinuxResources`, JSON) on stdin. The bytes go to runc as given, never
+    /// through this crate's types, so fields they do not model (newer
+    /// runtime-spec or runc keys) reach runc instead of being dropped.
+    pub async fn update(&self, id: &str, resources_json: &[u8]) -> Result<()> {
         let inv = Invocation {
-            stdin: Some(json),
+            stdin: Some(resources_json.to_vec()),
             ..Default::default()
         };
         let args = vec!["update".into(), "--resources".into(), "-".into(), id.into()];

@@ -68,6 +68,9 @@ pub enum ShimError {
         source: std::io::Error,
     },
 
+    #[error(transparent)]
+    PrivateDir(#[from] crate::private_dir::PrivateDirError),
+
     #[error("{0}")]
     Other(String),
 }
@@ -104,6 +107,7 @@ impl ShimError {
             | ShimError::Mount { .. }
             | ShimError::Stdio { .. }
             | ShimError::Io { .. }
+            | ShimError::PrivateDir(_)
             | ShimError::Other(_) => Code::UNKNOWN,
         }
     }

@@ -77,6 +77,15 @@ pub enum Claim {
 /// Binds the shim socket at `path`, or finds the shim that already serves
 /// it. A socket file whose shim died (connections refused) is replaced.
 pub fn claim(path: &Path) -> Result<Claim, SocketError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    // A relative directory (a socket_dir from the bootstrap parameters)
+    // would bind in the bundle and yield an address that is no `unix:///`.
+    if !path.is_absolute() {
+        return Err(SocketError::Directory {
+            dir: dir.to_path_buf(),
+            reason: "is not an absolute path".into(),
+        });
+    }
     let len = path.as_os_str().len();
     if len > MAX_SOCKET_PATH {
         return Err(SocketError::TooLong {
@@ -84,7 +93,6 @@ pub fn claim(path: &Path) -> Result<Claim, SocketError> {
             len,
         });
     }
-    let dir = path.parent().unwrap_or(Path::new("/"));
     ensure_private_dir(dir)?;
     // Twice at most: a shim that died left its socket, which is removed once.
     for _ in 0..2 {
@@ -275,6 +283,45 @@ mod tests {
         drop(listener);
         assert_eq!(probe(&path).unwrap(), Probe::Dead);
         assert!(matches!(claim(&path).unwrap(), Claim::Bound(_)));
+    }
+
+    /// CVE-2020-15257: an abstract socket is reachable by every user of
+    /// the network namespace. The address containerd gets is `unix:///` and
+    /// a socket file on disk, mode 0600 in a 0700 directory, both set
+    /// explicitly whatever the umask.
+    #[test]
+    fn the_socket_is_a_file_0600_in_0700_whatever_the_umask_never_abstract() {
+        let dir = tempfile::tempdir().unwrap();
+        let sockets = dir.path().join("s");
+        let path = socket_path(&sockets, "/run/containerd/containerd.sock", "k8s.io", "pod");
+        // SAFETY: umask only swaps the process's file creation mask.
+        let old = unsafe { libc::umask(0) };
+        let claimed = claim(&path);
+        // SAFETY: as above, restoring it.
+        unsafe { libc::umask(old) };
+        let Claim::Bound(listener) = claimed.unwrap() else {
+            panic!("first claim binds")
+        };
+        let address = address_of(&path);
+        assert!(address.starts_with("unix:///"), "{address}");
+        assert!(
+            !address.contains('@') && !address.starts_with("unix://\0"),
+            "{address}"
+        );
+        let local = listener.local_addr().unwrap();
+        assert_eq!(local.as_pathname(), Some(path.as_path()));
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+        let dmode = std::fs::symlink_metadata(&sockets)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dmode & 0o7777, 0o700);
+
+        let err = claim(Path::new("relative/s/x")).unwrap_err();
+        assert!(err.to_string().contains("not an absolute path"), "{err}");
+        assert!(!Path::new("relative").exists());
     }
 
     #[test]

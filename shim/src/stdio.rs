@@ -134,26 +134,27 @@ pub fn open_direct(paths: &StdioPaths) -> Result<(ProcessIo, HeldIo)> {
 }
 
 /// A unix socket on which runc sends the pty master of a terminal process.
+/// Whoever connects first gets the container's terminal, so it lives in a
+/// fresh private directory of root's (see [`crate::private_dir`]), never at
+/// a name in `/tmp` that a local user could create first. Bundle paths are
+/// too long for a socket address; the private root is short.
 pub struct ConsoleSocket {
-    dir: PathBuf,
     path: PathBuf,
     listener: UnixListener,
+    /// Removed at drop, after the listener is closed.
+    _dir: tempfile::TempDir,
 }
 
 impl ConsoleSocket {
     pub fn new() -> Result<Self> {
-        // Bundle paths are too long for a socket address; use a short temp dir.
-        let dir =
-            std::env::temp_dir().join(format!("brisk-pty-{}-{}", std::process::id(), unique()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ShimError::io(format!("create {}", dir.display()), e))?;
-        let path = dir.join("pty.sock");
+        let dir = crate::private_dir::scratch("pty-")?;
+        let path = dir.path().join("pty.sock");
         let listener = UnixListener::bind(&path)
             .map_err(|e| ShimError::io(format!("bind {}", path.display()), e))?;
         Ok(ConsoleSocket {
-            dir,
             path,
             listener,
+            _dir: dir,
         })
     }
 
@@ -209,18 +210,6 @@ impl ConsoleSocket {
             }
         }
     }
-}
-
-impl Drop for ConsoleSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Starts the copy threads between a pty master and the FIFOs. Returns a
@@ -282,4 +271,87 @@ pub fn resize(master: &File, width: u32, height: u32) -> Result<()> {
         return Err(ShimError::io("resize pty", std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    /// A local user (uid 65534) plants the old console socket directories
+    /// in /tmp, open directories and symlinks to a directory of theirs: the
+    /// console socket must be in none of them, but in a fresh 0700
+    /// directory of root's, and must leave what they planted alone.
+    #[tokio::test]
+    async fn console_socket_ignores_what_others_plant_in_tmp() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: the shim's private directory is root's");
+            return;
+        }
+        let created_root = !Path::new(crate::private_dir::ROOT).exists();
+        let theirs = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(theirs.path(), Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(theirs.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let pid = std::process::id();
+        let planted: Vec<PathBuf> = (0..8)
+            .map(|n| std::env::temp_dir().join(format!("brisk-pty-{pid}-{n}")))
+            .collect();
+        let _cleanup = RemoveOnDrop(planted.clone());
+        for (n, p) in planted.iter().enumerate() {
+            if n % 2 == 0 {
+                std::fs::create_dir(p).unwrap();
+                std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
+            } else {
+                std::os::unix::fs::symlink(theirs.path(), p).unwrap();
+            }
+        }
+
+        let sock = ConsoleSocket::new().unwrap();
+
+        let dir = sock.path().parent().unwrap();
+        assert_eq!(dir.parent(), Some(Path::new(crate::private_dir::ROOT)));
+        let meta = std::fs::symlink_metadata(dir).unwrap();
+        assert_eq!((meta.uid(), meta.permissions().mode() & 0o7777), (0, 0o700));
+        for (n, p) in planted.iter().enumerate() {
+            let m = std::fs::symlink_metadata(p).unwrap();
+            if n % 2 == 0 {
+                assert!(m.is_dir() && m.uid() == 65534, "{}", p.display());
+                assert_eq!(
+                    std::fs::read_dir(p).unwrap().count(),
+                    0,
+                    "{} was used",
+                    p.display()
+                );
+            } else {
+                assert!(m.file_type().is_symlink(), "{}", p.display());
+            }
+        }
+        assert_eq!(std::fs::read_dir(theirs.path()).unwrap().count(), 0);
+        drop(sock);
+        if created_root {
+            let _ = std::fs::remove_dir(crate::private_dir::ROOT);
+        }
+    }
+
+    /// Removes planted paths also when an assertion fails.
+    struct RemoveOnDrop(Vec<PathBuf>);
+
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                match std::fs::symlink_metadata(p) {
+                    Ok(m) if m.is_dir() => {
+                        let _ = std::fs::remove_dir_all(p);
+                    }
+                    Ok(_) => {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
 }

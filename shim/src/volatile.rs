@@ -28,18 +28,31 @@ static SUPPORTED: OnceLock<bool> = OnceLock::new();
 /// Whether the kernel accepts `volatile`; probed on first use, then cached.
 pub fn supported() -> bool {
     *SUPPORTED.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("brisk-volatile-probe-{}", std::process::id()));
-        let ok = probe(&dir);
-        let _ = std::fs::remove_dir_all(&dir);
+        let ok = probe_once();
         info!(supported = ok, "probed overlayfs volatile support");
         ok
     })
 }
 
+/// One probe with a scratch mount, in a fresh private directory (see
+/// [`crate::private_dir`]): a fixed name in `/tmp` would let a local user
+/// plant `merged` as a symlink and have root mount over their target.
+fn probe_once() -> bool {
+    match crate::private_dir::scratch("volatile-probe-") {
+        Ok(dir) => probe(dir.path()),
+        Err(e) => {
+            warn!(error = %e, "cannot create the volatile probe's directory");
+            false
+        }
+    }
+}
+
+/// Mounts a volatile overlay of empty directories made fresh inside `dir`
+/// (`create_dir`, which refuses what exists and follows no symlink).
 fn probe(dir: &Path) -> bool {
     let sub = |n: &str| dir.join(n);
     for d in ["lower", "upper", "work", "merged"] {
-        if std::fs::create_dir_all(sub(d)).is_err() {
+        if std::fs::create_dir(sub(d)).is_err() {
             return false;
         }
     }
@@ -131,7 +144,86 @@ pub fn clear_markers(workdirs: &[PathBuf]) {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
     use super::*;
+
+    /// A local user (uid 65534) plants the old probe directory in /tmp with
+    /// `merged` a symlink to a directory of theirs: the probe must neither
+    /// mount there nor touch or remove what they planted.
+    #[test]
+    fn probe_ignores_a_directory_planted_in_tmp() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: the probe mounts, which needs root");
+            return;
+        }
+        let created_root = !Path::new(crate::private_dir::ROOT).exists();
+        let planted =
+            std::env::temp_dir().join(format!("brisk-volatile-probe-{}", std::process::id()));
+        let _cleanup = RemoveOnDrop(vec![planted.clone()]);
+        let theirs = tempfile::tempdir().unwrap();
+        for d in ["lower", "upper", "work"] {
+            std::fs::create_dir_all(planted.join(d)).unwrap();
+        }
+        std::os::unix::fs::symlink(theirs.path(), planted.join("merged")).unwrap();
+        for p in [
+            &planted,
+            &planted.join("work"),
+            &theirs.path().to_path_buf(),
+        ] {
+            std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+
+        probe_once();
+
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let theirs_str = theirs.path().display().to_string();
+        assert!(
+            !mountinfo
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(theirs_str.as_str())),
+            "the probe mounted over the planted symlink's target"
+        );
+        let names = |p: &Path| {
+            let mut v: Vec<_> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&planted), ["lower", "merged", "upper", "work"]);
+        assert!(
+            names(&planted.join("work")).is_empty(),
+            "overlay used the planted workdir"
+        );
+        assert!(names(theirs.path()).is_empty());
+        assert_eq!(std::fs::symlink_metadata(&planted).unwrap().uid(), 65534);
+        if created_root {
+            let _ = std::fs::remove_dir(crate::private_dir::ROOT);
+        }
+    }
+
+    /// Removes planted paths also when an assertion fails.
+    struct RemoveOnDrop(Vec<PathBuf>);
+
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                match std::fs::symlink_metadata(p) {
+                    Ok(m) if m.is_dir() => {
+                        let _ = std::fs::remove_dir_all(p);
+                    }
+                    Ok(_) => {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
 
     fn overlay(workdir: &Path, extra: &[&str]) -> Mount {
         let mut options = vec![

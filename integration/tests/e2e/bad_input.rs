@@ -418,7 +418,13 @@ fn bad_exec_id_unknown() {
             "Exec with an empty exec id",
             f.shim.exec(&k, "", &["true"], None),
             Code::INVALID_ARGUMENT,
-            &["exec id is empty"],
+            &["exec id", "must not be empty"],
+        );
+        expect_err(
+            "Exec with an exec id that is a path",
+            f.shim.exec(&k, "../x", &["true"], None),
+            Code::INVALID_ARGUMENT,
+            &["exec id \"../x\"", "letters and digits"],
         );
     });
 }

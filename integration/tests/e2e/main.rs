@@ -10,6 +10,7 @@ mod config;
 mod detached_cleanup;
 mod direct;
 mod exiting;
+mod fds;
 mod features;
 mod lifecycle;
 mod lock;

@@ -106,9 +106,7 @@ async fn undo(
 impl TaskService {
     pub(super) async fn create(&self, req: &api::CreateTaskRequest) -> Result<i32> {
         let id = req.id.clone();
-        if id.is_empty() {
-            return Err(ShimError::InvalidArgument("container id is empty".into()));
-        }
+        crate::identifiers::validate("container id", &id)?;
         let reservation = self.inner.registry.reserve(&id)?;
         if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
             return Err(ShimError::Unimplemented("restoring from a checkpoint"));

@@ -26,9 +26,7 @@ use crate::{
 impl TaskService {
     pub(super) fn add_exec(&self, req: &api::ExecProcessRequest) -> Result<()> {
         let c = self.container(&req.id)?;
-        if req.exec_id.is_empty() {
-            return Err(ShimError::InvalidArgument("exec id is empty".into()));
-        }
+        crate::identifiers::validate("exec id", &req.exec_id)?;
         let spec = ExecProcessSpec::parse(&req.spec.value).map_err(|e| {
             ShimError::InvalidArgument(format!("exec {} process spec: {e}", req.exec_id))
         })?;

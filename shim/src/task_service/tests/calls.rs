@@ -123,6 +123,34 @@ async fn failed_pause_leaves_the_container_running() {
     assert_eq!(shim.svc.state("c1", "").unwrap().status(), Status::PAUSED);
 }
 
+/// Update hands runc every field containerd sent, also those this shim's
+/// spec types do not know (newer runtime-spec fields, or keys of a newer
+/// runc): a decode into typed structs and re-encode would drop them, and
+/// the limit would silently not be applied.
+#[tokio::test]
+async fn update_passes_unknown_resource_fields_to_runc() {
+    let shim = Shim::new();
+    shim.run("c1").await;
+    let sent = serde_json::json!({
+        "cpu": {"shares": 512, "burst": 1000, "futureCpuKnob": 3},
+        "memory": {"limit": 4194304, "checkBeforeUpdate": true},
+        "unified": {"memory.high": "4194304"},
+        "rdma": {"mlx5_0": {"hcaHandles": 3}},
+        "futureController": {"x": [1, 2]},
+    });
+    let req = api::UpdateTaskRequest {
+        id: "c1".into(),
+        resources: Some(Any {
+            value: serde_json::to_vec(&sent).unwrap(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    shim.svc.update(&req).await.unwrap();
+    assert_eq!(shim.runc().updates(), vec![sent]);
+}
+
 /// containerd 1.7 and later, when they start again, delete without a word
 /// to CRI every task (not a sandbox) whose Pids is empty, as a shim leaked
 /// by a crash before its task was created: CRI then records exit 255,

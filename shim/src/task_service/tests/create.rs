@@ -1,7 +1,7 @@
 //! Create: a failure at any step leaves nothing behind, and two Creates of
 //! one id cannot both win.
 
-use containerd_shim_protos::{protobuf::well_known_types::any::Any, topics, ttrpc::Code};
+use containerd_shim_protos::{api, protobuf::well_known_types::any::Any, topics, ttrpc::Code};
 
 use super::{code, within, Ev, Fault, Shim};
 use crate::volatile;
@@ -150,4 +150,52 @@ async fn empty_id_is_invalid() {
     let shim = Shim::new();
     let e = shim.svc.create(&shim.request("")).await.unwrap_err();
     assert_eq!(code(&e), Code::INVALID_ARGUMENT, "{e}");
+}
+
+/// Container and exec ids become path components (bundle files, runc's
+/// state directory, pid files): ids that are not containerd identifiers
+/// (`[A-Za-z0-9]+([._-][A-Za-z0-9]+)*`, at most 76 characters) are refused
+/// with InvalidArgument naming the id, before runc or the disk see them.
+#[tokio::test]
+async fn ids_that_are_not_identifiers_are_refused() {
+    let shim = Shim::new();
+    let long = "a".repeat(77);
+    for bad in [
+        "../evil",
+        "a/b",
+        "..",
+        ".",
+        ".hidden",
+        "a..b",
+        "-a",
+        "a b",
+        long.as_str(),
+    ] {
+        let mut req = shim.request("ok");
+        req.id = bad.into();
+        let e = shim.svc.create(&req).await.unwrap_err();
+        assert_eq!(code(&e), Code::INVALID_ARGUMENT, "{bad:?}: {e}");
+        assert!(e.to_string().contains("container id"), "{bad:?}: {e}");
+        assert_eq!(shim.runc().calls("create", bad), 0, "{bad:?}");
+    }
+    shim.run("c1").await;
+    for bad in ["../e", "a/b", "..", "", "e\n", long.as_str()] {
+        let req = api::ExecProcessRequest {
+            id: "c1".into(),
+            exec_id: bad.into(),
+            spec: Some(Any {
+                value: br#"{"args":["true"],"cwd":"/"}"#.to_vec(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let e = shim.svc.add_exec(&req).unwrap_err();
+        assert_eq!(code(&e), Code::INVALID_ARGUMENT, "{bad:?}: {e}");
+        assert!(e.to_string().contains("exec id"), "{bad:?}: {e}");
+    }
+    // What containerd and CRI generate passes.
+    let mut ok = shim.request("ok");
+    ok.id = format!("{}.a_b-c", "f".repeat(64));
+    shim.svc.create(&ok).await.unwrap();
 }

@@ -10,7 +10,6 @@ use std::{
 
 use async_trait::async_trait;
 use containerd_shim_protos::api::Mount;
-use oci_spec::runtime::LinuxResources;
 use runc_wrapper::{CreateOpts, ExecOpts, RuncApi, RuncError};
 use tokio::sync::watch;
 
@@ -66,6 +65,8 @@ struct RuncState {
     faults: HashMap<&'static str, Vec<Fault>>,
     gates: HashMap<&'static str, Arc<Gate>>,
     next_pid: i32,
+    /// The resources JSON of every `update`, as runc read it from stdin.
+    updates: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +103,11 @@ impl FakeRunc {
         let call = format!("{sub} {id}");
         let s = self.state.lock().unwrap();
         s.log.iter().filter(|c| **c == call).count()
+    }
+
+    /// The resources of every `update` so far, as runc received them.
+    pub fn updates(&self) -> Vec<serde_json::Value> {
+        self.state.lock().unwrap().updates.clone()
     }
 
     fn new_pid(&self) -> i32 {
@@ -195,7 +201,9 @@ impl RuncApi for FakeRunc {
             None => Err(failed("delete", "container does not exist")),
         }
     }
-    async fn update(&self, id: &str, _resources: &LinuxResources) -> runc_wrapper::Result<()> {
+    async fn update(&self, id: &str, resources_json: &[u8]) -> runc_wrapper::Result<()> {
+        let sent = serde_json::from_slice(resources_json).unwrap();
+        self.state.lock().unwrap().updates.push(sent);
         self.simple("update", id).await
     }
     async fn exec(
