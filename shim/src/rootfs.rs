@@ -94,11 +94,17 @@ fn mount_one(m: &Mount, target: &Path) -> Result<()> {
             lowerdirs::PAGE
         ),
     };
+    // errno's name too ("EINVAL: Invalid argument"): what operators grep for.
     let failed = |options: String, e: std::io::Error| ShimError::Mount {
         target: target.to_path_buf(),
         reason: format!(
-            "{} mount of {} with options {options}: {e}",
-            m.type_, m.source
+            "{} mount of {} with options {options}: {}",
+            m.type_,
+            m.source,
+            e.raw_os_error().map_or_else(
+                || e.to_string(),
+                |n| nix::errno::Errno::from_raw(n).to_string()
+            )
         ),
     };
     if m.type_ == "overlay" && data.len() >= lowerdirs::COMPACT_AT {
