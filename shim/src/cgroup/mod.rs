@@ -7,13 +7,15 @@ mod locate;
 mod metrics_v1;
 mod metrics_v2;
 mod oom;
+mod pod_ledger;
 
 use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use tracing::info;
 
-pub use oom::{OomWatch, PodLedgers};
+pub use oom::OomWatch;
+pub use pod_ledger::PodLedgers;
 
 use crate::error::{Result, ShimError};
 

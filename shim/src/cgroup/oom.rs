@@ -15,23 +15,25 @@
 //! container's scope as soon as its last process is gone, racing the
 //! shim's read, and an init that was the scope's only process takes its
 //! counter with it. On v2 the counters are hierarchical, so the pod's
-//! cgroup (the parent) counted the kill too: a [`PodLedger`] keeps how many
+//! cgroup (the parent) counted the kill too: a `PodLedger` keeps how many
 //! of the parent's kills the pod's containers have told, and a container
 //! whose own counter is gone when its init's SIGKILL exit is published
 //! tells one kill if the parent has one nobody told.
 
 use std::{
-    collections::HashMap,
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Mutex},
 };
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::unix::AsyncFd;
 use tracing::{debug, info};
 
-use super::{read_oom_kills, ContainerCgroup};
+use super::{
+    pod_ledger::{PodLedger, PodLedgers},
+    read_oom_kills, ContainerCgroup,
+};
 
 /// Watches one container's cgroup for OOM kills until dropped.
 pub struct OomWatch {
@@ -81,65 +83,6 @@ impl Counter {
         if let Some(l) = &self.ledger {
             l.told(new);
         }
-    }
-}
-
-/// OOM kills counted by a pod's cgroup (the parent of its containers'
-/// cgroups on v2) and how many of them the pod's containers have told.
-pub struct PodLedger {
-    file: PathBuf,
-    /// (the parent's counter when the ledger began, kills told since).
-    counts: Mutex<(u64, u64)>,
-}
-
-impl PodLedger {
-    fn new(parent: &Path) -> Option<Arc<PodLedger>> {
-        let file = parent.join("memory.events");
-        let base = read_oom_kills(&file)?;
-        Some(Arc::new(PodLedger {
-            file,
-            counts: Mutex::new((base, 0)),
-        }))
-    }
-
-    fn told(&self, n: u64) {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner()).1 += n;
-    }
-
-    /// True, and counted as told, when the parent has a kill nobody told.
-    fn take_untold(&self) -> bool {
-        let Some(now) = read_oom_kills(&self.file) else {
-            return false;
-        };
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let untold = now > c.0 + c.1;
-        if untold {
-            c.1 += 1;
-        }
-        untold
-    }
-}
-
-/// The ledgers of the pods' cgroups a shim watches, by parent directory
-/// (one shim serves one pod: in practice one entry).
-#[derive(Default)]
-pub struct PodLedgers(Mutex<HashMap<PathBuf, Weak<PodLedger>>>);
-
-impl PodLedgers {
-    /// The ledger of the parent of `cg` (v2 only: v1 counters are local).
-    fn of(&self, cg: &ContainerCgroup) -> Option<Arc<PodLedger>> {
-        if !cg.unified {
-            return None;
-        }
-        let parent = cg.dir.parent()?;
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, l| l.strong_count() > 0);
-        if let Some(l) = map.get(parent).and_then(Weak::upgrade) {
-            return Some(l);
-        }
-        let l = PodLedger::new(parent)?;
-        map.insert(parent.to_path_buf(), Arc::downgrade(&l));
-        Some(l)
     }
 }
 
