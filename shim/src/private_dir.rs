@@ -77,27 +77,53 @@ pub fn ensure_root(root: &Path) -> Result<(), PrivateDirError> {
         context: "stat",
         source,
     })?;
+    match unsafe_because(&meta, 0o077, "opens it to group or others; it must be 0700") {
+        Some(reason) => Err(bad(reason)),
+        None => Ok(()),
+    }
+}
+
+/// Why a directory, from its `lstat`, is not one only the shim's user can
+/// change: a symlink, not a directory, another owner, or any of the mode
+/// bits `forbidden` set (`why_mode` says what that opens). None when safe.
+pub fn unsafe_because(meta: &std::fs::Metadata, forbidden: u32, why_mode: &str) -> Option<String> {
     if meta.file_type().is_symlink() {
-        return Err(bad("is a symlink".into()));
+        return Some("is a symlink".into());
     }
     if !meta.is_dir() {
-        return Err(bad("is not a directory".into()));
+        return Some("is not a directory".into());
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     if meta.uid() != euid {
-        return Err(bad(format!(
+        return Some(format!(
             "is owned by uid {}, not by the shim's uid {euid}",
             meta.uid()
-        )));
+        ));
     }
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(bad(format!(
-            "mode {mode:04o} opens it to group or others; it must be 0700"
-        )));
+    (mode & forbidden != 0).then(|| format!("mode {mode:04o} {why_mode}"))
+}
+
+/// Test planting: removes what a test planted, also when an assertion fails.
+#[cfg(test)]
+pub(crate) struct RemoveOnDrop(pub Vec<std::path::PathBuf>);
+
+#[cfg(test)]
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            match std::fs::symlink_metadata(p) {
+                Ok(m) if m.is_dir() => {
+                    let _ = std::fs::remove_dir_all(p);
+                }
+                Ok(_) => {
+                    let _ = std::fs::remove_file(p);
+                }
+                Err(_) => {}
+            }
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 use std::{
     io,
     os::unix::{
-        fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt},
+        fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
         net::{UnixListener, UnixStream},
     },
     path::{Path, PathBuf},
@@ -207,27 +207,10 @@ fn ensure_private_dir(dir: &Path) -> Result<(), SocketError> {
         Err(e) => return Err(bad(format!("create: {e}"))),
     }
     let meta = std::fs::symlink_metadata(dir).map_err(|e| bad(format!("stat: {e}")))?;
-    if meta.file_type().is_symlink() {
-        return Err(bad("is a symlink".into()));
+    match crate::private_dir::unsafe_because(&meta, 0o022, "lets others write to it") {
+        Some(reason) => Err(bad(reason)),
+        None => Ok(()),
     }
-    if !meta.is_dir() {
-        return Err(bad("is not a directory".into()));
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if meta.uid() != euid {
-        return Err(bad(format!(
-            "is owned by uid {}, not by the shim's uid {euid}",
-            meta.uid()
-        )));
-    }
-    if meta.permissions().mode() & 0o022 != 0 {
-        return Err(bad(format!(
-            "mode {:04o} lets others write to it",
-            meta.permissions().mode() & 0o7777
-        )));
-    }
-    Ok(())
 }
 
 /// Binds a listening socket at `path`, mode 0600. The umask covers the

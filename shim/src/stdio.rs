@@ -278,6 +278,7 @@ mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     use super::*;
+    use crate::private_dir::RemoveOnDrop;
 
     /// A local user (uid 65534) plants the old console socket directories
     /// in /tmp, open directories and symlinks to a directory of theirs: the
@@ -333,25 +334,6 @@ mod tests {
         drop(sock);
         if created_root {
             let _ = std::fs::remove_dir(crate::private_dir::ROOT);
-        }
-    }
-
-    /// Removes planted paths also when an assertion fails.
-    struct RemoveOnDrop(Vec<PathBuf>);
-
-    impl Drop for RemoveOnDrop {
-        fn drop(&mut self) {
-            for p in &self.0 {
-                match std::fs::symlink_metadata(p) {
-                    Ok(m) if m.is_dir() => {
-                        let _ = std::fs::remove_dir_all(p);
-                    }
-                    Ok(_) => {
-                        let _ = std::fs::remove_file(p);
-                    }
-                    Err(_) => {}
-                }
-            }
         }
     }
 }

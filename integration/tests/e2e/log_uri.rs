@@ -11,26 +11,34 @@ use crate::common;
 /// `sh -c` script of the containers: a line on each stream.
 const SCRIPT: &str = "echo out-line; echo err-line >&2";
 
-fn run_with_log_uri(cd: &brisk_integration::Containerd, handler: &str, id: &str, uri: &str) {
+/// `ctr run --rm --log-uri URI` of busybox running `cmd`.
+fn ctr_run(
+    cd: &brisk_integration::Containerd,
+    handler: &str,
+    id: &str,
+    uri: &str,
+    cmd: &[&str],
+) -> std::process::Output {
     let ctr = cd.ctr().expect("ctr namespace with images");
     let cgroup = cd.ctr_cgroup(id);
-    let out = ctr
-        .output(&[
-            "run",
-            "--rm",
-            "--runtime",
-            common::runtime_type(handler),
-            "--cgroup",
-            &cgroup,
-            "--log-uri",
-            uri,
-            BUSYBOX_IMAGE,
-            id,
-            "sh",
-            "-c",
-            SCRIPT,
-        ])
-        .expect("ctr run");
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--runtime",
+        common::runtime_type(handler),
+        "--cgroup",
+        &cgroup,
+        "--log-uri",
+        uri,
+        BUSYBOX_IMAGE,
+        id,
+    ];
+    args.extend_from_slice(cmd);
+    ctr.output(&args).expect("ctr run")
+}
+
+fn run_with_log_uri(cd: &brisk_integration::Containerd, handler: &str, id: &str, uri: &str) {
+    let out = ctr_run(cd, handler, id, uri, &["sh", "-c", SCRIPT]);
     assert!(
         out.status.success(),
         "ctr run --log-uri {uri} failed ({}): {}{}",
@@ -123,24 +131,9 @@ fn missing_log_binary(handler: &str) {
     };
     let ctr = cd.ctr().expect("ctr namespace with images");
     let id = "nolog";
-    let cgroup = cd.ctr_cgroup(id);
     let missing = cd.dir.join("no-such-logger");
     let uri = format!("binary://{}", missing.display());
-    let out = ctr
-        .output(&[
-            "run",
-            "--rm",
-            "--runtime",
-            common::runtime_type(handler),
-            "--cgroup",
-            &cgroup,
-            "--log-uri",
-            &uri,
-            BUSYBOX_IMAGE,
-            id,
-            "true",
-        ])
-        .expect("ctr run");
+    let out = ctr_run(&cd, handler, id, &uri, &["true"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "ctr run with {uri} succeeded");
     assert!(
