@@ -79,10 +79,24 @@ impl Ctr {
         id: &str,
         cmd: &[&str],
     ) -> Result<Output> {
+        self.run_rm_with(runtime, cgroup, &[], image, id, cmd)
+    }
+
+    /// [`Ctr::run_rm`] with more `ctr run` flags (`--log-uri URI`, ...).
+    pub fn run_rm_with(
+        &self,
+        runtime: &str,
+        cgroup: Option<&str>,
+        flags: &[&str],
+        image: &str,
+        id: &str,
+        cmd: &[&str],
+    ) -> Result<Output> {
         let mut args = vec!["run", "--rm", "--runtime", runtime];
         if let Some(cg) = cgroup {
             args.extend_from_slice(&["--cgroup", cg]);
         }
+        args.extend_from_slice(flags);
         args.extend_from_slice(&[image, id]);
         args.extend_from_slice(cmd);
         self.output(&args)

@@ -19,22 +19,17 @@ fn ctr_run(
     uri: &str,
     cmd: &[&str],
 ) -> std::process::Output {
-    let ctr = cd.ctr().expect("ctr namespace with images");
-    let cgroup = cd.ctr_cgroup(id);
-    let mut args = vec![
-        "run",
-        "--rm",
-        "--runtime",
-        common::runtime_type(handler),
-        "--cgroup",
-        &cgroup,
-        "--log-uri",
-        uri,
-        BUSYBOX_IMAGE,
-        id,
-    ];
-    args.extend_from_slice(cmd);
-    ctr.output(&args).expect("ctr run")
+    cd.ctr()
+        .expect("ctr namespace with images")
+        .run_rm_with(
+            common::runtime_type(handler),
+            Some(&cd.ctr_cgroup(id)),
+            &["--log-uri", uri],
+            BUSYBOX_IMAGE,
+            id,
+            cmd,
+        )
+        .expect("ctr run")
 }
 
 fn run_with_log_uri(cd: &brisk_integration::Containerd, handler: &str, id: &str, uri: &str) {
