@@ -79,8 +79,11 @@ pub fn parse_umount2(text: &str) -> Vec<Umount2Call> {
     let mut calls: Vec<Umount2Call> = Vec::new();
     let mut pending: HashMap<i32, usize> = HashMap::new();
     for line in text.lines() {
-        let mut it = line.splitn(3, ' ');
-        let (Some(pid), Some(ts), Some(rest)) = (it.next(), it.next(), it.next()) else {
+        // strace pads short pids to a width with spaces.
+        let Some((pid, after)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Some((ts, rest)) = after.trim_start().split_once(' ') else {
             continue;
         };
         let (Ok(pid), Ok(ts)) = (pid.parse::<i32>(), ts.parse::<f64>()) else {
@@ -172,6 +175,11 @@ pub fn unmount_span(calls: &[Umount2Call], id: &str) -> Option<UnmountSpan> {
 
 /// strace attached to a shim (and its threads and children), tracing only
 /// `umount2`, optionally delaying each by `delay`. Detached on drop.
+///
+/// The children include runc, whose container setup unmounts the old root
+/// after pivot_root: a container start on a delayed shim takes about two
+/// delays longer. And ptrace stops every system call of the tracees, not
+/// only the traced one, so each runc call on that shim runs slower.
 pub struct Strace {
     child: Option<Child>,
     pub out: PathBuf,
@@ -460,6 +468,16 @@ mod tests {
         assert_eq!(s.calls, 2);
         assert!((s.secs() - 4.00012).abs() < 1e-6, "{s:?}");
         assert!(unmount_span(&calls, "other").is_none(), "no EINVAL yet");
+    }
+
+    #[test]
+    fn short_pids_padded_by_strace_are_read() {
+        let t = "\
+8474  1700000006.000000 umount2(\"/s/k8s.io/abc/rootfs\", 0) = 0 (DELAYED) <4.000100>
+";
+        let calls = parse_umount2(t);
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!((calls[0].pid, calls[0].secs), (8474, Some(4.0001)));
     }
 
     #[test]
