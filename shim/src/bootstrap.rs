@@ -29,7 +29,10 @@ pub fn run(args: &[String]) -> i32 {
     } else {
         match flags.action.as_str() {
             "start" => start::run(&flags).map_err(|e| e.to_string()),
-            "delete" => on_runtime(delete(flags)),
+            "delete" => {
+                logging::init_cleanup(flags.debug);
+                on_runtime(delete(flags))
+            }
             "" => {
                 logging::init(flags.debug);
                 on_runtime(async move { serve::run(flags).await.map_err(|e| e.to_string()) })

@@ -59,10 +59,20 @@ async fn cleanup(namespace: &str, id: &str, bundle: &Path) -> Result<()> {
     let runc = Runc::new(&cfg.runc_binary, &cfg.runc_root, Arc::new(DirectWait))
         .with_systemd_cgroup(cfg.systemd_cgroup);
     if runc.root().join(id).exists() {
-        match runc.delete(id, true).await {
-            Ok(()) => info!(id, "runc state removed"),
-            Err(e) if e.is_not_found() => info!(id, "no runc state left"),
-            Err(e) => warn!(id, error = %e, "runc delete --force failed"),
+        // Nobody asks again after this: a failure here leaves the state and
+        // cgroups for good, so a failure that may pass (a busy node) gets a
+        // second try.
+        for attempt in 1..=2 {
+            match runc.delete(id, true).await {
+                Ok(()) => info!(id, "runc state removed"),
+                Err(e) if e.is_not_found() => info!(id, "no runc state left"),
+                Err(e) if attempt == 1 => {
+                    warn!(id, error = %e, "runc delete --force failed; trying once more");
+                    continue;
+                }
+                Err(e) => warn!(id, error = %e, "runc delete --force failed"),
+            }
+            break;
         }
     } else {
         info!(id, "no runc state left");

@@ -53,6 +53,24 @@ pub fn init(debug: bool) {
     }
 }
 
+/// Installs the subscriber of `delete`, which containerd runs after every
+/// exit and after a shim's death. containerd reads its stderr and puts what
+/// it says in its own log, so a cleanup that left something behind is seen
+/// there; only warnings and errors go, since it runs on every exit.
+pub fn init_cleanup(debug: bool) {
+    let level = if debug {
+        LevelFilter::DEBUG
+    } else {
+        LevelFilter::WARN
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .event_format(Logfmt)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Writes to a pipe open with `O_NONBLOCK`, one line per write: a line of
 /// at most `PIPE_BUF` bytes goes in whole or not at all, so lines never
 /// interleave or tear, and a full pipe costs a dropped line, never a wait.

@@ -177,3 +177,57 @@ fn shim_sigkill_with_exiting_container_brisk() {
     cd.assert_no_leaks();
     cd.finish();
 }
+
+/// A dead shim's cleanup that cannot remove what the shim left (here
+/// `runc delete` fails) says so where operators look: containerd puts the
+/// `delete` command's warnings in its own log.
+#[test]
+fn dead_shim_cleanup_failure_reaches_containerds_log() {
+    let Some(cd) = common::start_with(BRISK_HANDLER, common::wrapper_options()) else {
+        return;
+    };
+    let wrapper = RuncWrapper::install(&cd.dir).expect("runc wrapper");
+    let cri = cd.cri();
+    let pod = cri
+        .run_pod_sandbox(BRISK_HANDLER, "shimkill3")
+        .expect("pod");
+    let victim = cri
+        .run_container(&pod, &ContainerSpec::new("victim", &["sleep", "1000"]))
+        .expect("victim");
+    wrapper.fail("delete", &[&victim]).unwrap();
+    let shims = common::handler_shims(&cd, BRISK_HANDLER);
+    assert_eq!(shims.len(), 1, "one shim: {shims:?}");
+    sys::kill(shims[0], libc::SIGKILL);
+    assert!(sys::wait_gone(&shims, Duration::from_secs(10)));
+    cri.wait_for_exited(&victim, Duration::from_secs(60))
+        .expect("victim exited after shim death");
+    let said = |l: &str| l.contains("runc delete --force failed") && l.contains(&victim);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        let log = std::fs::read_to_string(&cd.log_path).unwrap_or_default();
+        if let Some(l) = log.lines().find(|l| said(l)) {
+            break l.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning naming {victim} in containerd's log:\n{}",
+            cd.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("containerd logged: {line}");
+    // What the failed cleanup left, removed with the real runc.
+    wrapper.unfail("delete");
+    let root = std::path::Path::new(RUNC_STATE_ROOTS[1]).join("k8s.io");
+    let st = std::process::Command::new(brisk_integration::fault::real_runc())
+        .arg("--root")
+        .arg(&root)
+        .args(["delete", "--force", &victim])
+        .status()
+        .expect("run runc");
+    assert!(st.success(), "runc delete --force {victim}: {st}");
+    cri.stop_pod(&pod.id).expect("StopPodSandbox");
+    cri.remove_pod(&pod.id).expect("RemovePodSandbox");
+    cd.assert_no_leaks();
+    cd.finish();
+}
