@@ -14,19 +14,22 @@ use futures_util::FutureExt;
 use tracing::{error, info};
 
 use super::{timestamp, TaskService, Timed};
-use crate::error::ShimError;
+use crate::{error::ShimError, metrics};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
 /// Runs one request. A panic in it (a bug) fails that request with an
 /// internal error and leaves the shim, and the pod's other containers,
 /// running; the release profile unwinds for that.
+/// Its duration, and whether it was answered from the exiting state, go to
+/// the shim's figures (`metrics.rs`).
 async fn guarded<T>(
     call: &'static str,
-    request: impl Future<Output = TtrpcResult<T>>,
+    request: impl Future<Output = Result<T, ShimError>>,
 ) -> TtrpcResult<T> {
+    let request = metrics::task_request(call, request, |e| matches!(e, ShimError::Exiting(_)));
     match AssertUnwindSafe(request).catch_unwind().await {
-        Ok(answer) => answer,
+        Ok(answer) => answer.map_err(Into::into),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -145,10 +148,9 @@ impl Task for TaskService {
         _req: api::CheckpointTaskRequest,
     ) -> TtrpcResult<Empty> {
         guarded("checkpoint", async {
-            Err(
-                ShimError::Unimplemented("checkpoint (brisk does not checkpoint containers)")
-                    .into(),
-            )
+            Err(ShimError::Unimplemented(
+                "checkpoint (brisk does not checkpoint containers)",
+            ))
         })
         .await
     }
