@@ -15,13 +15,13 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use containerd_shim_protos::topics;
 use containerd_shim_protos::{
     protobuf::{well_known_types::any::Any, well_known_types::timestamp::Timestamp, Message},
     shim::{event::Envelope, events::ForwardRequest},
     shim_async::{Client, EventsClient},
     ttrpc::context::with_timeout,
 };
-use containerd_shim_protos::topics;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 

@@ -327,9 +327,8 @@ mod tests {
     #[tokio::test]
     async fn a_request_answered_from_exiting_is_counted_by_method() {
         let before = FIGURES.answered_while_exiting.snapshot();
-        let count = |s: &[(String, u64)], m: &str| {
-            s.iter().find(|(n, _)| n == m).map_or(0, |(_, c)| *c)
-        };
+        let count =
+            |s: &[(String, u64)], m: &str| s.iter().find(|(n, _)| n == m).map_or(0, |(_, c)| *c);
         let ok: Result<(), ()> = task_request(
             "pids",
             async {

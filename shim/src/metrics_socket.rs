@@ -59,7 +59,11 @@ impl MetricsSocket {
     /// (labelled with `namespace` and `id`) on the current runtime until
     /// the process exits. A stale socket of a dead shim at the same path
     /// (this shim owns the ttrpc socket beside it) is replaced.
-    pub fn serve(shim_socket: &Path, namespace: String, id: String) -> Result<Self, MetricsSocketError> {
+    pub fn serve(
+        shim_socket: &Path,
+        namespace: String,
+        id: String,
+    ) -> Result<Self, MetricsSocketError> {
         let path = path_for(shim_socket);
         let io_err = |context, source| MetricsSocketError::Io {
             path: path.clone(),
@@ -153,7 +157,10 @@ mod tests {
     async fn a_client_gets_one_snapshot_from_a_0600_socket() {
         let dir = tempfile::tempdir().unwrap();
         let sockets = dir.path().join("s");
-        std::fs::DirBuilder::new().mode(0o700).create(&sockets).unwrap();
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&sockets)
+            .unwrap();
         let shim = sockets.join("abc");
         // A dead shim's leftover is replaced.
         drop(std::os::unix::net::UnixListener::bind(path_for(&shim)).unwrap());
@@ -176,7 +183,10 @@ mod tests {
     async fn a_directory_open_to_others_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let sockets = dir.path().join("s");
-        std::fs::DirBuilder::new().mode(0o755).create(&sockets).unwrap();
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&sockets)
+            .unwrap();
         std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o755)).unwrap();
         let err = MetricsSocket::serve(&sockets.join("abc"), "ns".into(), "pod".into())
             .err()

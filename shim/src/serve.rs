@@ -20,8 +20,8 @@ use containerd_shim_protos::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    detached::Detached, events::EventSink, metrics, metrics_socket::MetricsSocket,
-    reaper::Reaper, shim_socket, start::LISTENER_FD, task_service::TaskService,
+    detached::Detached, events::EventSink, metrics, metrics_socket::MetricsSocket, reaper::Reaper,
+    shim_socket, start::LISTENER_FD, task_service::TaskService,
 };
 
 /// How long a shim that was told to exit waits for detached unmounts.

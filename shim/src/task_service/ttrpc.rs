@@ -95,7 +95,7 @@ impl Task for TaskService {
         guarded("delete", async {
             let _busy = self.busy();
             let _t = Timed::new("delete", &req.id);
-            Ok(TaskService::delete(self, &req.id, &req.exec_id).await?)
+            TaskService::delete(self, &req.id, &req.exec_id).await
         })
         .await
     }
@@ -107,7 +107,7 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::StateResponse> {
         guarded("state", async {
             let _t = Timed::new("state", &req.id);
-            Ok(TaskService::state(self, &req.id, &req.exec_id)?)
+            TaskService::state(self, &req.id, &req.exec_id)
         })
         .await
     }
@@ -119,7 +119,7 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::PidsResponse> {
         guarded("pids", async {
             let _busy = self.busy();
-            Ok(TaskService::pids(self, &req.id).await?)
+            TaskService::pids(self, &req.id).await
         })
         .await
     }
@@ -225,10 +225,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        guarded("stats", async {
-            Ok(TaskService::stats(self, &req.id).await?)
-        })
-        .await
+        guarded("stats", async { TaskService::stats(self, &req.id).await }).await
     }
 
     async fn connect(
