@@ -3,7 +3,7 @@
 # apt runs only when a package is missing.
 set -euo pipefail
 
-PKGS=(containerd runc busybox-static strace protobuf-compiler procps tar gzip xz-utils coreutils)
+PKGS=(containerd runc busybox-static strace protobuf-compiler procps tar gzip xz-utils coreutils prometheus)
 
 missing=()
 for p in "${PKGS[@]}"; do

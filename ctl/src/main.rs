@@ -3,9 +3,10 @@
 
 mod canary;
 mod doctor;
+mod exporter;
 mod runc_cves;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use canary::{sandbox_image_in, CtlError, Node, BRISK_RUNTIME_TYPE, SHIM_NAME};
 use clap::{Parser, Subcommand};
@@ -82,6 +83,23 @@ enum Cmd {
     /// containerd and its config, runc, cgroups, leftover sockets and
     /// mounts. Exits 1 when a check fails.
     Doctor,
+    /// Serve the node's brisk figures (every brisk shim's, summed, and a
+    /// CRI ListContainers probe) in Prometheus text format on /metrics.
+    /// Uses the global --address as containerd's socket.
+    Exporter {
+        #[arg(long, default_value = "127.0.0.1:9807")]
+        listen: std::net::SocketAddr,
+        /// containerd's state dir (containerd's --state), where the task
+        /// directories name each shim's socket.
+        #[arg(long, default_value = "/run/containerd")]
+        state: PathBuf,
+        /// Seconds between CRI ListContainers probes; 0 turns the probe off.
+        #[arg(long, default_value_t = 10.0)]
+        list_interval: f64,
+        /// Seconds one shim gets to hand over its figures.
+        #[arg(long, default_value_t = 1.0)]
+        shim_timeout: f64,
+    },
 }
 
 /// CRI's sandbox image, from `containerd config dump` of the current config.
@@ -106,6 +124,25 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         ctr: cli.ctr,
     };
     match cli.command {
+        Cmd::Exporter {
+            listen,
+            state,
+            list_interval,
+            shim_timeout,
+        } => {
+            let secs = |name: &str, v: f64| {
+                Duration::try_from_secs_f64(v).map_err(|_| {
+                    CtlError::Command(format!("--{name} {v}: not a number of seconds"))
+                })
+            };
+            return exporter::run(exporter::Settings {
+                listen,
+                address: node.address,
+                state,
+                list_interval: secs("list-interval", list_interval)?,
+                shim_timeout: secs("shim-timeout", shim_timeout)?,
+            });
+        }
         Cmd::Doctor => {
             if doctor::run_all() != 0 {
                 return Err(CtlError::Command("the node is not ready for brisk".into()));

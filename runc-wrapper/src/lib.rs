@@ -15,7 +15,7 @@ use std::{
     os::fd::OwnedFd,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -32,6 +32,24 @@ pub use types::{
 
 /// Calls slower than this are logged at warning level with their duration.
 const SLOW_CALL: Duration = Duration::from_secs(1);
+
+/// Told of every runc call that ran: its command, how long it took, and
+/// whether it timed out (and was killed).
+pub type Observer = fn(command: &str, took: Duration, timed_out: bool);
+
+static OBSERVER: OnceLock<Observer> = OnceLock::new();
+
+/// Installs the process's observer of runc calls (the shim's figures).
+/// Only the first call installs one; it returns false for later calls.
+pub fn set_observer(observer: Observer) -> bool {
+    OBSERVER.set(observer).is_ok()
+}
+
+fn observe(command: &str, took: Duration, timed_out: bool) {
+    if let Some(o) = OBSERVER.get() {
+        o(command, took, timed_out);
+    }
+}
 
 /// A runc binary together with the global options every call passes.
 #[derive(Clone)]
@@ -352,6 +370,7 @@ impl Runc {
                         warn!(command, pid, after = ?self.timeout, "runc call timed out; no pidfd to kill it by, left running")
                     }
                 }
+                observe(command, started.elapsed(), true);
                 return Err(RuncError::Timeout {
                     command: command.into(),
                     after: self.timeout,
@@ -359,6 +378,7 @@ impl Runc {
             }
         };
         let elapsed = started.elapsed();
+        observe(command, elapsed, false);
         if elapsed > SLOW_CALL {
             warn!(command, ?elapsed, "slow runc call");
         } else {

@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use containerd_shim_protos::topics;
 use containerd_shim_protos::{
     protobuf::{well_known_types::any::Any, well_known_types::timestamp::Timestamp, Message},
     shim::{event::Envelope, events::ForwardRequest},
@@ -23,6 +24,8 @@ use containerd_shim_protos::{
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
+
+use crate::metrics;
 
 /// Every task event lives in this protobuf package; containerd resolves an
 /// event's type by `<package>.<message name>`.
@@ -140,6 +143,9 @@ async fn forward_all(address: String, mut rx: mpsc::UnboundedReceiver<Envelope>)
                 .await
             {
                 Ok(_) => {
+                    if topic_of(&req) == topics::TASK_EXIT_EVENT_TOPIC {
+                        metrics::inc(&metrics::FIGURES.exits_published);
+                    }
                     if failures > 0 {
                         info!(
                             topic = topic_of(&req),
@@ -181,6 +187,7 @@ async fn wait_retry(
             topic = topic_of(req),
             failures, "containerd did not take the event for {GIVE_UP_AFTER:?}; dropped"
         );
+        metrics::inc(&metrics::FIGURES.events_dropped);
         return false;
     }
     tokio::time::sleep(*backoff).await;

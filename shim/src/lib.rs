@@ -31,6 +31,8 @@ pub mod io_owner;
 pub mod log_binary;
 pub mod logging;
 pub mod lowerdirs;
+pub mod metrics;
+pub mod metrics_socket;
 pub mod platform;
 pub mod private_dir;
 pub mod process_handle;

@@ -118,12 +118,14 @@ impl FifoLog {
             );
             if !self.put(notice.as_bytes()) {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::inc(&crate::metrics::FIGURES.log_lines_dropped);
                 return;
             }
             self.dropped.fetch_sub(dropped, Ordering::Relaxed);
         }
         if !self.put(line) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::inc(&crate::metrics::FIGURES.log_lines_dropped);
         }
     }
 }

@@ -260,7 +260,8 @@ pub fn unmount_detached(
         let mut attempt = 1;
         loop {
             match platform.unmount(&rootfs.target) {
-                Ok(_) => {
+                Ok(took) => {
+                    crate::metrics::FIGURES.rootfs_unmounts.observe(took);
                     crate::volatile::clear_markers(&rootfs.volatile_workdirs);
                     break;
                 }
@@ -270,6 +271,7 @@ pub fn unmount_detached(
                     attempt += 1;
                 }
                 Err(e) => {
+                    crate::metrics::inc(&crate::metrics::FIGURES.rootfs_unmount_failures);
                     tracing::error!(id, attempts = attempt, error = %e, "rootfs unmount failed for good; the mount is left in place");
                     break;
                 }

@@ -20,8 +20,8 @@ use containerd_shim_protos::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    detached::Detached, events::EventSink, reaper::Reaper, shim_socket, start::LISTENER_FD,
-    task_service::TaskService,
+    detached::Detached, events::EventSink, metrics, metrics_socket::MetricsSocket, reaper::Reaper,
+    shim_socket, start::LISTENER_FD, task_service::TaskService,
 };
 
 /// How long a shim that was told to exit waits for detached unmounts.
@@ -78,6 +78,12 @@ pub async fn run(flags: Flags) -> Result<(), ServeError> {
         .add_listener(listener)
         .register_service(create_task(Arc::new(task)));
     server.start().await.map_err(|e| setup("start ttrpc", e))?;
+    runc_wrapper::set_observer(metrics::runc_call);
+    // The figures are for operators: a shim that cannot serve them serves
+    // its pod all the same.
+    let figures = MetricsSocket::serve(&socket, flags.namespace.clone(), flags.id.clone())
+        .inspect_err(|e| warn!(error = %e, "figures not served"))
+        .ok();
     info!(socket = %socket.display(), namespace = flags.namespace, id = flags.id, "shim serving");
 
     exit.wait().await;
@@ -91,6 +97,7 @@ pub async fn run(flags: Flags) -> Result<(), ServeError> {
             warn!(left, "exiting with detached cleanup still running; containerd's cleanup unmounts the rootfs");
         }
     }
+    drop(figures);
     // By the path this shim was launched with: containerd may already have
     // removed the bundle and the `address` file in it.
     remove_socket(&socket);

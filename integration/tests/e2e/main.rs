@@ -16,6 +16,7 @@ mod lifecycle;
 mod lock;
 mod log_uri;
 mod many_layers;
+mod metrics;
 mod restart;
 mod shared_pid;
 mod shim_kill;

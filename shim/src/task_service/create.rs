@@ -236,6 +236,12 @@ impl TaskService {
         .await
         .map_err(|e| ShimError::Other(format!("mount task: {e}")))??;
         info!(id, took = ?started.elapsed(), volatile = !volatile_workdirs.is_empty(), "rootfs mounted");
+        let figures = &crate::metrics::FIGURES;
+        crate::metrics::inc(if volatile_workdirs.is_empty() {
+            &figures.mounts_plain
+        } else {
+            &figures.mounts_volatile
+        });
         Ok(MountedRootfs {
             target,
             volatile_workdirs,

@@ -163,6 +163,7 @@ impl TaskService {
         let events = self.inner.events.clone();
         OomWatch::start(cgroup, &self.inner.oom_ledgers, move || {
             info!(id, "container OOM-killed a process");
+            crate::metrics::inc(&crate::metrics::FIGURES.oom_events);
             events.send(
                 topics::TASK_OOM_EVENT_TOPIC,
                 TaskOOM {

@@ -36,6 +36,9 @@ impl TaskService {
             ..Default::default()
         };
         resp.status = p.state.status().into();
+        if matches!(p.state, crate::process_state::ProcessState::Exiting(_)) {
+            crate::metrics::answered_from_exiting();
+        }
         if let Some(exit) = p.state.exit() {
             resp.exit_status = exit.status;
             resp.exited_at = timestamp(exit.at);
@@ -63,6 +66,7 @@ impl TaskService {
         let (runc, execs, call) = {
             let mut g = container::lock(&c);
             if !g.init.state.is_alive() {
+                crate::metrics::answered_from_exiting();
                 return Ok(exited_init(g.init.pid));
             }
             let execs: HashMap<i32, String> =
@@ -78,7 +82,8 @@ impl TaskService {
             Ok(Outcome::Done(pids)) => pids,
             // It exited while runc looked: as for an exited task.
             Ok(Outcome::Exited) | Err(ShimError::Exiting(_)) => {
-                return Ok(exited_init(container::lock(&c).init.pid))
+                crate::metrics::answered_from_exiting();
+                return Ok(exited_init(container::lock(&c).init.pid));
             }
             Err(other) => return Err(other),
         };

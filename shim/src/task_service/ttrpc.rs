@@ -14,19 +14,22 @@ use futures_util::FutureExt;
 use tracing::{error, info};
 
 use super::{timestamp, TaskService, Timed};
-use crate::error::ShimError;
+use crate::{error::ShimError, metrics};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
 /// Runs one request. A panic in it (a bug) fails that request with an
 /// internal error and leaves the shim, and the pod's other containers,
 /// running; the release profile unwinds for that.
+/// Its duration, and whether it was answered from the exiting state, go to
+/// the shim's figures (`metrics.rs`).
 async fn guarded<T>(
     call: &'static str,
-    request: impl Future<Output = TtrpcResult<T>>,
+    request: impl Future<Output = Result<T, ShimError>>,
 ) -> TtrpcResult<T> {
+    let request = metrics::task_request(call, request, |e| matches!(e, ShimError::Exiting(_)));
     match AssertUnwindSafe(request).catch_unwind().await {
-        Ok(answer) => answer,
+        Ok(answer) => answer.map_err(Into::into),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -92,7 +95,7 @@ impl Task for TaskService {
         guarded("delete", async {
             let _busy = self.busy();
             let _t = Timed::new("delete", &req.id);
-            Ok(TaskService::delete(self, &req.id, &req.exec_id).await?)
+            TaskService::delete(self, &req.id, &req.exec_id).await
         })
         .await
     }
@@ -104,7 +107,7 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::StateResponse> {
         guarded("state", async {
             let _t = Timed::new("state", &req.id);
-            Ok(TaskService::state(self, &req.id, &req.exec_id)?)
+            TaskService::state(self, &req.id, &req.exec_id)
         })
         .await
     }
@@ -116,7 +119,7 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::PidsResponse> {
         guarded("pids", async {
             let _busy = self.busy();
-            Ok(TaskService::pids(self, &req.id).await?)
+            TaskService::pids(self, &req.id).await
         })
         .await
     }
@@ -145,10 +148,9 @@ impl Task for TaskService {
         _req: api::CheckpointTaskRequest,
     ) -> TtrpcResult<Empty> {
         guarded("checkpoint", async {
-            Err(
-                ShimError::Unimplemented("checkpoint (brisk does not checkpoint containers)")
-                    .into(),
-            )
+            Err(ShimError::Unimplemented(
+                "checkpoint (brisk does not checkpoint containers)",
+            ))
         })
         .await
     }
@@ -223,10 +225,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        guarded("stats", async {
-            Ok(TaskService::stats(self, &req.id).await?)
-        })
-        .await
+        guarded("stats", async { TaskService::stats(self, &req.id).await }).await
     }
 
     async fn connect(
