@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::{
     config::RuntimeConfig,
     error::{Result, ShimError},
-    rootfs,
+    metrics_socket, rootfs,
     shim_socket::{self, Probe},
 };
 
@@ -81,15 +81,28 @@ async fn cleanup(namespace: &str, id: &str, bundle: &Path) -> Result<()> {
     tokio::task::spawn_blocking(move || rootfs::unmount_all(&target))
         .await
         .map_err(|e| ShimError::Other(e.to_string()))??;
-    if let Some((path, Probe::Dead)) = socket {
-        match shim_socket::remove(&path) {
-            Ok(_) => info!(socket = %path.display(), "removed the dead shim's socket"),
-            Err(e) => {
-                warn!(socket = %path.display(), error = %e, "cannot remove the dead shim's socket")
-            }
-        }
+    let Some((path, probe)) = socket else {
+        return Ok(());
+    };
+    if probe == Probe::Dead {
+        remove_dead_socket(&path);
+    }
+    // Its figures socket too, once nobody serves it. Another container's
+    // cleanup may have removed the shim socket already (Absent).
+    let figures = metrics_socket::path_for(&path);
+    if probe != Probe::Served && shim_socket::probe(&figures).ok() == Some(Probe::Dead) {
+        remove_dead_socket(&figures);
     }
     Ok(())
+}
+
+fn remove_dead_socket(path: &Path) {
+    match shim_socket::remove(path) {
+        Ok(_) => info!(socket = %path.display(), "removed the dead shim's socket"),
+        Err(e) => {
+            warn!(socket = %path.display(), error = %e, "cannot remove the dead shim's socket")
+        }
+    }
 }
 
 /// The pod shim's socket named by the bundle's `address` file, and what is
