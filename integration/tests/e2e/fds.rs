@@ -23,7 +23,22 @@ fn fds(pid: u32) -> BTreeMap<u32, String> {
         .collect()
 }
 
+/// Waits until `pid` runs `argv`: before that it is still runc's init,
+/// whose own fds close on the way (they are runc's, not the container's).
+fn wait_runs(pid: u32, argv: &[&str]) {
+    let want: Vec<u8> = argv.iter().flat_map(|a| [a.as_bytes(), b"\0"].concat()).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default() != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} does not run {argv:?} after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn assert_only_stdio(what: &str, pid: u32) {
+    wait_runs(pid, &["sleep", "1000"]);
     let got = fds(pid);
     assert_eq!(
         got.keys().copied().collect::<Vec<_>>(),
@@ -48,6 +63,7 @@ fn container_and_exec_processes_hold_only_their_stdio() {
         .shim
         .start_task(&f.keeper, "fds-exec")
         .expect("start exec");
+    wait_runs(pid, &["sleep", "1000"]);
     let fds_of_exec = fds(pid);
     f.shim.kill(&f.keeper, "fds-exec", 9).expect("kill exec");
     f.shim
