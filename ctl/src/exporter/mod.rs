@@ -4,6 +4,7 @@
 //! failure count and at most that timeout, and the shims are only asked
 //! when Prometheus asks. The PLEG probe (`probe`) runs on its own.
 
+mod ledger;
 mod probe;
 mod shims;
 
@@ -55,10 +56,11 @@ pub fn run(settings: Settings) -> Result<(), CtlError> {
         settings.address.display()
     );
     let unreadable = Counter::default();
+    let mut ledger = ledger::Ledger::default();
     for request in server.incoming_requests() {
         let path = request.url().split('?').next().unwrap_or_default();
         let response = if path == "/metrics" {
-            let body = rt.block_on(scrape(&settings, &probe, &unreadable));
+            let body = rt.block_on(scrape(&settings, &probe, &unreadable, &mut ledger));
             tiny_http::Response::from_string(body).with_header(
                 "Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8"
                     .parse::<tiny_http::Header>()
@@ -73,22 +75,21 @@ pub fn run(settings: Settings) -> Result<(), CtlError> {
     Ok(())
 }
 
-async fn scrape(settings: &Settings, probe: &probe::Probe, unreadable: &Counter) -> String {
+async fn scrape(
+    settings: &Settings,
+    probe: &probe::Probe,
+    unreadable: &Counter,
+    ledger: &mut ledger::Ledger,
+) -> String {
     let (reads, took) = shims::read_all(&settings.state, settings.shim_timeout).await;
-    let mut node = Node {
-        scrape_seconds: took.as_secs_f64(),
-        ..Default::default()
-    };
-    for r in reads {
-        match r {
-            shims::Read1::Read(s) => node.add(*s),
-            shims::Read1::Failed { socket, reason } => {
-                eprintln!("brisk-ctl exporter: shim {}: {reason}", socket.display());
-                unreadable.inc();
-                node.unreadable_now += 1;
-            }
+    for r in &reads {
+        if let shims::Read1::Failed { socket, reason } = r {
+            eprintln!("brisk-ctl exporter: shim {}: {reason}", socket.display());
+            unreadable.inc();
         }
     }
+    let mut node = ledger.node(reads);
+    node.scrape_seconds = took.as_secs_f64();
     let mut registry = Registry::default();
     registry.register(
         "brisk_shim_unreadable",
@@ -131,7 +132,7 @@ async fn scrape(settings: &Settings, probe: &probe::Probe, unreadable: &Counter)
 }
 
 /// The shims' figures, summed per node (and some per pod).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Node {
     shims: u64,
     unreadable_now: u64,
@@ -165,8 +166,21 @@ fn add_hist(into: &mut HistogramSnapshot, h: &HistogramSnapshot) {
 }
 
 impl Node {
+    /// Counts `s` as a shim read in this scrape: its counters, and it in
+    /// the per-pod figures.
     fn add(&mut self, s: Snapshot) {
         self.shims += 1;
+        self.add_counts(&s);
+        let exiting: u64 = s.answered_while_exiting.iter().map(|(_, n)| n).sum();
+        let rss = shims::rss_bytes(s.pid).unwrap_or(0);
+        let pod = self.pods.entry((s.namespace, s.id)).or_default();
+        pod.0 += rss;
+        pod.1 += s.rootfs_unmounts.sum_seconds;
+        pod.2 += exiting;
+    }
+
+    /// Adds `s`'s counters and histograms to the node's.
+    fn add_counts(&mut self, s: &Snapshot) {
         if self.buckets.is_empty() {
             self.buckets = s.buckets.clone();
         } else if self.buckets != s.buckets {
@@ -190,10 +204,8 @@ impl Node {
         for (c, n) in &s.runc_timeouts {
             *self.runc_timeouts.entry(c.clone()).or_default() += n;
         }
-        let mut exiting = 0;
         for (m, n) in &s.answered_while_exiting {
             *self.answered_while_exiting.entry(m.clone()).or_default() += n;
-            exiting += n;
         }
         self.rootfs_unmount_failures += s.rootfs_unmount_failures;
         self.mounts_volatile += s.mounts_volatile;
@@ -202,11 +214,6 @@ impl Node {
         self.oom_events += s.oom_events;
         self.events_dropped += s.events_dropped;
         self.log_lines_dropped += s.log_lines_dropped;
-        let rss = shims::rss_bytes(s.pid).unwrap_or(0);
-        let pod = self.pods.entry((s.namespace, s.id)).or_default();
-        pod.0 += rss;
-        pod.1 += s.rootfs_unmounts.sum_seconds;
-        pod.2 += exiting;
     }
 
     /// `(upper bound, count)` pairs, per bucket, with +Inf as prometheus-client wants it.

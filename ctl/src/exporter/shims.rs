@@ -27,13 +27,13 @@ const MAX_SNAPSHOT: u64 = 1 << 20;
 /// What reading one shim gave.
 #[derive(Debug)]
 pub enum Read1 {
-    Read(Box<Snapshot>),
+    Read {
+        socket: PathBuf,
+        snapshot: Box<Snapshot>,
+    },
     /// The socket is there, but the shim did not answer in time, or
     /// answered something that is no snapshot.
-    Failed {
-        socket: PathBuf,
-        reason: String,
-    },
+    Failed { socket: PathBuf, reason: String },
 }
 
 /// The figures sockets of the shims of the tasks under `state`, each once.
@@ -102,7 +102,10 @@ pub async fn read(socket: PathBuf, timeout: Duration) -> Read1 {
         Err(_) => fail(socket, format!("no answer within {timeout:?}")),
         Ok(Err(e)) => fail(socket, e.to_string()),
         Ok(Ok(body)) => match serde_json::from_slice::<Snapshot>(&body) {
-            Ok(s) => Read1::Read(Box::new(s)),
+            Ok(s) => Read1::Read {
+                socket,
+                snapshot: Box::new(s),
+            },
             Err(e) => fail(socket, format!("not a snapshot: {e}")),
         },
     }
