@@ -26,7 +26,10 @@ fn fds(pid: u32) -> BTreeMap<u32, String> {
 /// Waits until `pid` runs `argv`: before that it is still runc's init,
 /// whose own fds close on the way (they are runc's, not the container's).
 fn wait_runs(pid: u32, argv: &[&str]) {
-    let want: Vec<u8> = argv.iter().flat_map(|a| [a.as_bytes(), b"\0"].concat()).collect();
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default() != want {
         assert!(
