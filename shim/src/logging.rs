@@ -29,15 +29,7 @@ use tracing_subscriber::{
 
 /// Installs the subscriber. `debug` is the `-debug` flag containerd passes.
 pub fn init(debug: bool) {
-    let level = if debug {
-        LevelFilter::DEBUG
-    } else {
-        LevelFilter::INFO
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_ansi(false)
-        .event_format(Logfmt);
+    let builder = logfmt(debug, LevelFilter::INFO);
     // containerd opens the reading end before it starts the shim.
     let fifo = OpenOptions::new()
         .write(true)
@@ -58,17 +50,25 @@ pub fn init(debug: bool) {
 /// it says in its own log, so a cleanup that left something behind is seen
 /// there; only warnings and errors go, since it runs on every exit.
 pub fn init_cleanup(debug: bool) {
-    let level = if debug {
-        LevelFilter::DEBUG
-    } else {
-        LevelFilter::WARN
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_ansi(false)
-        .event_format(Logfmt)
+    let _ = logfmt(debug, LevelFilter::WARN)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// The subscriber both modes use: logrus-like lines, at `level`, or at
+/// debug level with containerd's `-debug`.
+fn logfmt(
+    debug: bool,
+    level: LevelFilter,
+) -> tracing_subscriber::fmt::SubscriberBuilder<
+    tracing_subscriber::fmt::format::DefaultFields,
+    Logfmt,
+    LevelFilter,
+> {
+    tracing_subscriber::fmt()
+        .with_max_level(if debug { LevelFilter::DEBUG } else { level })
+        .with_ansi(false)
+        .event_format(Logfmt)
 }
 
 /// Writes to a pipe open with `O_NONBLOCK`, one line per write: a line of
