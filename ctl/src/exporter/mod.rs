@@ -8,13 +8,20 @@ mod ledger;
 mod probe;
 mod shims;
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::atomic::AtomicU64, time::Duration,
+};
 
 use brisk_shim::metrics::{HistogramSnapshot, Snapshot};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{counter::Counter, gauge::ConstGauge, MetricType},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        MetricType,
+    },
     registry::Registry,
 };
 
@@ -123,12 +130,47 @@ async fn scrape(
             ConstGauge::new(n as i64),
         );
     }
+    register_status_probe(&mut registry, &probe.status);
     registry.register_collector(Box::new(node));
     let mut body = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &registry) {
         eprintln!("brisk-ctl exporter: encoding failed: {e}");
     }
     body
+}
+
+fn register_status_probe(registry: &mut Registry, status: &probe::StatusProbe) {
+    registry.register(
+        "brisk_cri_container_status_duration_seconds",
+        "Duration of each CRI ContainerStatus the probe asked after a list",
+        status.durations.clone(),
+    );
+    registry.register(
+        "brisk_cri_container_status_failures",
+        "CRI ContainerStatus probes that failed or took over 300 s",
+        status.failures.clone(),
+    );
+    registry.register(
+        "brisk_cri_container_status_running_seconds",
+        "How long the slowest CRI ContainerStatus still running has run (0 when none runs)",
+        ConstGauge::new(status.running_for().as_secs_f64()),
+    );
+    if let Some(s) = status.slowest() {
+        let slowest = Family::<Vec<(&'static str, String)>, Gauge<f64, AtomicU64>>::default();
+        slowest
+            .get_or_create(&vec![
+                ("container_id", s.container_id),
+                ("container", s.container),
+                ("pod", s.pod),
+                ("namespace", s.namespace),
+            ])
+            .set(s.took.as_secs_f64());
+        registry.register(
+            "brisk_cri_container_status_slowest_seconds",
+            "The slowest CRI ContainerStatus of the last probe round, and whose it was",
+            slowest,
+        );
+    }
 }
 
 /// The shims' figures, summed per node (and some per pod).
