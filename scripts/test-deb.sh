@@ -65,7 +65,10 @@ for f in /usr/bin/containerd-shim-brisk-v2 /usr/bin/brisk-ctl \
     /usr/share/doc/brisk/README.md /usr/share/doc/brisk/examples/brisk.toml \
     /usr/share/doc/brisk/examples/containerd/v2-brisk.toml \
     /usr/share/doc/brisk/examples/containerd/v3-brisk.toml \
-    /usr/share/doc/brisk/examples/kubernetes/runtimeclass.yaml; do
+    /usr/share/doc/brisk/examples/kubernetes/runtimeclass.yaml \
+    /usr/share/doc/brisk/examples/prometheus/brisk-alerts.yml \
+    /usr/share/doc/brisk/examples/grafana/brisk-node.json \
+    /usr/lib/systemd/system/brisk-exporter.service; do
     [[ -e $f ]] || fail "$f not installed"
     dpkg -S "$f" >/dev/null 2>&1 || fail "$f not owned by $pkg"
 done
@@ -79,6 +82,37 @@ echo "$out"
 [[ $out == *"${version%%-*}"* ]] || fail "--version does not show ${version%%-*}"
 echo "== brisk-ctl --version"
 brisk-ctl --version || fail "brisk-ctl --version failed"
+
+echo "== the exporter's unit: installed, disabled, runs the package's brisk-ctl"
+unit=/usr/lib/systemd/system/brisk-exporter.service
+[[ $(stat -c %a "$unit") == 644 ]] || fail "$unit mode $(stat -c %a "$unit")"
+exec_start=$(sed -n 's/^ExecStart=//p' "$unit")
+[[ $exec_start == "/usr/bin/brisk-ctl "* ]] || fail "$unit runs $exec_start"
+for d in /etc/systemd/system /usr/lib/systemd/system; do
+    if compgen -G "$d/*.wants/brisk-exporter.service" >/dev/null; then
+        fail "brisk-exporter.service is enabled by the package ($d)"
+    fi
+done
+if command -v systemd-analyze >/dev/null; then
+    systemd-analyze verify "$unit" || fail "systemd-analyze verify $unit"
+fi
+# What the unit runs, on a port of the test's own, answers /metrics.
+port=$(shuf -i 20000-60000 -n 1)
+# shellcheck disable=SC2086 # ExecStart is split into words as systemd does
+set -- ${exec_start/127.0.0.1:9807/127.0.0.1:$port}
+"$@" --list-interval 0 2>/dev/null &
+exporter=$!
+ok=0
+for _ in $(seq 100); do
+    if curl -fsS "http://127.0.0.1:$port/metrics" 2>/dev/null | grep -q '^brisk_shims '; then
+        ok=1
+        break
+    fi
+    sleep 0.1
+done
+kill "$exporter" 2>/dev/null || true
+wait "$exporter" 2>/dev/null || true
+((ok)) || fail "the unit's command does not serve /metrics"
 
 echo "== brisk-ctl leaves the package's shim to apt"
 shim=/usr/bin/containerd-shim-brisk-v2

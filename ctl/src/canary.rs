@@ -152,6 +152,8 @@ pub const SHIM_NAME: &str = "containerd-shim-brisk-v2";
 /// Where `brisk-ctl install` puts the shim by default: a hand install, out of
 /// the package manager's way.
 pub const HAND_INSTALL_DIR: &str = "/usr/local/bin";
+/// brisk-ctl's own name, installed beside the shim by `install --exporter`.
+pub const CTL_NAME: &str = "brisk-ctl";
 /// Where the Debian package installs it (`[package.metadata.deb]`).
 pub const PACKAGE_INSTALL_DIR: &str = "/usr/bin";
 
@@ -231,24 +233,41 @@ impl Node {
     /// its old inode). Refuses to overwrite a file of a package: the
     /// package manager would not know, and would put its own back.
     pub fn install(&self, from: &Path) -> Result<PathBuf> {
-        let dest = self.install_path();
-        if let Some(pkg) = dpkg_owner(&dest) {
+        self.install_binary(from, &self.install_path())
+    }
+
+    /// Copies brisk-ctl itself next to the shim (for the exporter's unit),
+    /// unless it runs from there already.
+    pub fn install_ctl(&self, from: &Path) -> Result<PathBuf> {
+        let dest = self.install_path().with_file_name(CTL_NAME);
+        if std::fs::canonicalize(from).ok() == std::fs::canonicalize(&dest).ok() {
+            return Ok(dest);
+        }
+        self.install_binary(from, &dest)
+    }
+
+    fn install_binary(&self, from: &Path, dest: &Path) -> Result<PathBuf> {
+        if let Some(pkg) = dpkg_owner(dest) {
             return Err(CtlError::Refused(format!(
                 "{} belongs to the Debian package {pkg}: upgrade the package (apt-get install {pkg}) \
                  or pass --bin-dir {HAND_INSTALL_DIR} for a hand install",
                 dest.display()
             )));
         }
+        let name = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(SHIM_NAME);
         let dir = dest.parent().unwrap_or(Path::new("/"));
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
-        let tmp = dir.join(format!(".{SHIM_NAME}.new"));
+        let tmp = dir.join(format!(".{name}.new"));
         std::fs::copy(from, &tmp).map_err(io(format!(
             "copy {} to {}",
             from.display(),
             tmp.display()
         )))?;
-        std::fs::rename(&tmp, &dest).map_err(io(format!("rename to {}", dest.display())))?;
-        Ok(dest)
+        std::fs::rename(&tmp, dest).map_err(io(format!("rename to {}", dest.display())))?;
+        Ok(dest.to_path_buf())
     }
 
     fn ctr(&self, ns: &str, args: &[&str]) -> Result<String> {

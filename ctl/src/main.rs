@@ -4,6 +4,7 @@
 mod canary;
 mod doctor;
 mod exporter;
+mod exporter_unit;
 mod runc_cves;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -52,6 +53,13 @@ enum Cmd {
     Install {
         #[arg(long)]
         from: Option<PathBuf>,
+        /// Also install the exporter: brisk-ctl beside the shim and its
+        /// systemd unit in --unit-dir, enabled and started where systemd
+        /// runs (the Debian package ships the unit disabled instead).
+        #[arg(long)]
+        exporter: bool,
+        #[arg(long, default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
     },
     /// Back up containerd's config, register brisk, validate, restart
     /// containerd and probe; rolls back by itself if the probe fails.
@@ -76,9 +84,13 @@ enum Cmd {
     /// The shim binaries installed (by hand or by the package), and which
     /// containers run under which runtime.
     Status,
-    /// Remove a hand-installed shim binary; refuses while any task uses
-    /// brisk, and leaves the Debian package's to apt.
-    Uninstall,
+    /// Remove a hand-installed shim binary, and the exporter unit
+    /// `install --exporter` wrote; refuses while any task uses brisk, and
+    /// leaves the Debian package's to apt.
+    Uninstall {
+        #[arg(long, default_value = "/etc/systemd/system")]
+        unit_dir: PathBuf,
+    },
     /// Check what the node needs before brisk runs there: volatile support,
     /// containerd and its config, runc, cgroups, leftover sockets and
     /// mounts. Exits 1 when a check fails.
@@ -100,6 +112,34 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         shim_timeout: f64,
     },
+}
+
+fn install_exporter(
+    node: &Node,
+    me: &std::path::Path,
+    unit_dir: &std::path::Path,
+) -> Result<(), CtlError> {
+    if std::path::Path::new(exporter_unit::PACKAGE_UNIT).exists() {
+        println!(
+            "exporter: the Debian package's unit {} is there: systemctl enable --now {}",
+            exporter_unit::PACKAGE_UNIT,
+            exporter_unit::UNIT_NAME
+        );
+        return Ok(());
+    }
+    let ctl = node.install_ctl(me)?;
+    let (unit, enabled) = exporter_unit::install(unit_dir, &ctl, &node.address)?;
+    println!("installed {} and {}", ctl.display(), unit.display());
+    if enabled {
+        println!("exporter: enabled and started; curl 127.0.0.1:9807/metrics");
+    } else {
+        println!(
+            "exporter: systemd does not run here; start it with: {} --address {} exporter",
+            ctl.display(),
+            node.address.display()
+        );
+    }
+    Ok(())
 }
 
 /// CRI's sandbox image, from `containerd config dump` of the current config.
@@ -148,13 +188,13 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                 return Err(CtlError::Command("the node is not ready for brisk".into()));
             }
         }
-        Cmd::Install { from } => {
-            let from = match from {
-                Some(f) => f,
-                None => std::env::current_exe()
-                    .map_err(|e| CtlError::Command(e.to_string()))?
-                    .with_file_name(SHIM_NAME),
-            };
+        Cmd::Install {
+            from,
+            exporter,
+            unit_dir,
+        } => {
+            let me = std::env::current_exe().map_err(|e| CtlError::Command(e.to_string()))?;
+            let from = from.unwrap_or_else(|| me.with_file_name(SHIM_NAME));
             let dest = node.install(&from)?;
             println!("installed {}", dest.display());
             for other in node.installed_shims().iter().filter(|s| s.path != dest) {
@@ -163,6 +203,9 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                     other.path.display(),
                     other.origin()
                 );
+            }
+            if exporter {
+                install_exporter(&node, &me, &unit_dir)?;
             }
         }
         Cmd::Enable {
@@ -227,13 +270,19 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                 );
             }
         }
-        Cmd::Uninstall => {
+        Cmd::Uninstall { unit_dir } => {
             let removed = node.uninstall()?;
             if removed.is_empty() {
                 println!("no shim installed in {:?}", node.shim_candidates());
             }
             for path in removed {
                 println!("removed {}", path.display());
+            }
+            if let Some(unit) = exporter_unit::uninstall(&unit_dir)? {
+                println!(
+                    "removed {} (brisk-ctl itself stays where it is)",
+                    unit.display()
+                );
             }
         }
     }

@@ -437,3 +437,96 @@ fn backup_of(config: &Path) -> PathBuf {
     p.push(".brisk-backup");
     PathBuf::from(p)
 }
+
+/// The body of an HTTP/1.0 GET of `/metrics` on 127.0.0.1:`port`, once
+/// something answers there (within `within`).
+fn get_metrics(port: u16, within: Duration) -> String {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let got = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        });
+        match got {
+            Ok(text) if text.contains("brisk_cri_list_containers_duration_seconds_count 1") => {
+                return text;
+            }
+            _ if std::time::Instant::now() > deadline => {
+                panic!("no probe figures on port {port} within {within:?}: {got:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// `install --exporter` on a node without systemd as init (this one):
+/// brisk-ctl beside the shim, the unit written 0644 with this install's
+/// paths, and what its ExecStart runs serves /metrics with the CRI probe
+/// on this containerd; `uninstall` removes the unit.
+#[test]
+fn install_exporter_writes_a_unit_whose_command_serves_metrics() {
+    let Some(mut cd) = node_before_brisk() else {
+        return;
+    };
+    let op = Operator::new(&cd);
+    let units = cd.dir.join("systemd-units");
+    let units_arg = units.to_str().unwrap().to_string();
+    let run = op
+        .run(
+            &mut cd,
+            &["install", "--exporter", "--unit-dir", &units_arg],
+        )
+        .expect_ok("install --exporter");
+    assert!(
+        run.stdout().contains("systemd does not run here"),
+        "{}",
+        run.stdout()
+    );
+    let unit = units.join("brisk-exporter.service");
+    let meta = fs::metadata(&unit).expect("the unit");
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
+    let text = fs::read_to_string(&unit).unwrap();
+    let exec: Vec<String> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let ctl = cd.bin_dir().join("brisk-ctl");
+    assert_eq!(Path::new(&exec[0]), ctl, "{text}");
+    assert!(fs::metadata(&ctl).unwrap().permissions().mode() & 0o111 != 0);
+    assert_eq!(
+        exec[1..3],
+        ["--address".to_string(), cd.socket.display().to_string()]
+    );
+
+    // What systemd would start, on a port of our own.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let listen = exec.iter().position(|a| a == "--listen").expect("--listen");
+    let mut args = exec[1..].to_vec();
+    args[listen] = format!("127.0.0.1:{port}");
+    let mut exporter = Command::new(&exec[0])
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the unit's command");
+    let text = std::panic::catch_unwind(|| get_metrics(port, Duration::from_secs(20)));
+    sys::kill(exporter.id() as i32, libc::SIGTERM);
+    let _ = exporter.wait();
+    let text = text.expect("the exporter of the unit serves /metrics");
+    assert!(text.contains("brisk_shims 0"), "{text}");
+
+    op.run(&mut cd, &["uninstall", "--unit-dir", &units_arg])
+        .expect_ok("uninstall");
+    assert!(!unit.exists(), "uninstall removed {}", unit.display());
+    cd.finish();
+}

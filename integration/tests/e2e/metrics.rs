@@ -274,6 +274,18 @@ fn brisk_exits(
     let sum = query(prom, "brisk_rootfs_unmount_duration_seconds_sum").expect("sum") - sum_before;
     // The last list's figures land with the next scrape.
     std::thread::sleep(Duration::from_secs(2));
+    let status = query(
+        prom,
+        &format!(
+            "max(max_over_time(brisk_cri_container_status_slowest_seconds{{container=~\"exits.*\"}}{}))",
+            window(started)
+        ),
+    )
+    .unwrap_or(f64::NAN);
+    eprintln!(
+        "brisk: slowest ContainerStatus of its exiting containers {:.1} ms",
+        status * 1000.0
+    );
     (pod, sum / exits as f64, lists_since(prom, started, "0.1"))
 }
 
