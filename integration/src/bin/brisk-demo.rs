@@ -120,6 +120,9 @@ fn run(handler: &str) -> Result<()> {
     }
     cd.wait_no_leaks(Duration::from_secs(15))?;
     println!("no shim processes, mounts, sockets, cgroups or runc state left");
+    if let Some(log) = keep_log(&cd, "lifecycle-containerd.log") {
+        println!("containerd's log (with the shim's): {}", log.display());
+    }
     cd.finish_checked()?;
     println!("private containerd stopped and removed");
     Ok(())
@@ -221,9 +224,29 @@ fn delayed_exit(handler: &str, delay: Duration) -> Result<Side> {
     cri.stop_pod(&pod.id)?;
     cri.remove_pod(&pod.id)?;
     cd.wait_no_leaks(Duration::from_secs(30))?;
+    let log = keep_log(&cd, &format!("{handler}-containerd.log"));
     cd.finish_checked()?;
     clock.say("cleaned up: strace detached, pod removed, containerd stopped, nothing left");
+    if let Some(log) = log {
+        println!(
+            "             containerd's log (with the shim's): {}",
+            log.display()
+        );
+    }
     Ok(side)
+}
+
+/// Where the demo keeps the private containerd's logs, which go with it.
+const LOG_DIR: &str = "target/demo-logs";
+
+/// Copies `cd`'s log (containerd's and, through it, the shim's) into
+/// [`LOG_DIR`] before the private containerd's directory is removed.
+fn keep_log(cd: &Containerd, name: &str) -> Option<std::path::PathBuf> {
+    let dir = std::env::current_dir().ok()?.join(LOG_DIR);
+    std::fs::create_dir_all(&dir).ok()?;
+    let dest = dir.join(name);
+    std::fs::copy(&cd.log_path, &dest).ok()?;
+    Some(dest)
 }
 
 fn compare(delay: Duration, only: Option<&str>) -> Result<()> {
@@ -263,10 +286,27 @@ fn compare(delay: Duration, only: Option<&str>) -> Result<()> {
     println!("| exit code | {} | {} |", a.exit_code, b.exit_code);
     let um = |s: &Side| {
         s.unmount
-            .map(|(d, n)| format!("{} ({n} calls)", human(d)))
-            .unwrap_or_else(|| "-".into())
+            .map(|(d, n)| {
+                format!(
+                    "{} ({n} umount2 call{})",
+                    human(d),
+                    if n == 1 { "" } else { "s" }
+                )
+            })
+            .unwrap_or_else(|| "not seen".into())
     };
     println!("| shim rootfs unmount (delayed) | {} | {} |", um(a), um(b));
+    let stalled = |s: &Side| s.list_max.max(s.exited_after);
+    println!(
+        "\nverdict: with the unmount delayed, CRI waited up to {} under the stock shim and {} under brisk \
+         ({:.0}x less; the longer of the slowest list and exit -> EXITED); brisk's exit code {} {} the stock shim's",
+        human(stalled(a)),
+        human(stalled(b)),
+        stalled(a).as_secs_f64() / stalled(b).as_secs_f64().max(0.001),
+        b.exit_code,
+        if a.exit_code == b.exit_code { "matches" } else { "DIFFERS from" }
+    );
+    println!("full logs: {LOG_DIR}/ (containerd's, with the shim's lines, per handler)");
     Ok(())
 }
 
