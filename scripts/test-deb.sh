@@ -68,7 +68,11 @@ for f in /usr/bin/containerd-shim-brisk-v2 /usr/bin/brisk-ctl \
     /usr/share/doc/brisk/examples/kubernetes/runtimeclass.yaml \
     /usr/share/doc/brisk/examples/prometheus/brisk-alerts.yml \
     /usr/share/doc/brisk/examples/grafana/brisk-node.json \
-    /usr/lib/systemd/system/brisk-exporter.service; do
+    /usr/lib/systemd/system/brisk-exporter.service \
+    /usr/share/man/man1/brisk-ctl.1.gz \
+    /usr/share/bash-completion/completions/brisk-ctl \
+    /usr/share/zsh/vendor-completions/_brisk-ctl \
+    /usr/share/fish/vendor_completions.d/brisk-ctl.fish; do
     [[ -e $f ]] || fail "$f not installed"
     dpkg -S "$f" >/dev/null 2>&1 || fail "$f not owned by $pkg"
 done
@@ -82,6 +86,13 @@ echo "$out"
 [[ $out == *"${version%%-*}"* ]] || fail "--version does not show ${version%%-*}"
 echo "== brisk-ctl --version"
 brisk-ctl --version || fail "brisk-ctl --version failed"
+
+echo "== brisk-ctl's man page and completions"
+zcat /usr/share/man/man1/brisk-ctl.1.gz | grep -q '^\.TH brisk-ctl' || fail "brisk-ctl.1.gz is not a man page"
+# shellcheck disable=SC1091 # the file under test
+out=$(bash -c 'source /usr/share/bash-completion/completions/brisk-ctl && complete -p brisk-ctl') ||
+    fail "the bash completion does not register for brisk-ctl"
+echo "$out"
 
 echo "== the exporter's unit: installed, disabled, runs the package's brisk-ctl"
 unit=/usr/lib/systemd/system/brisk-exporter.service

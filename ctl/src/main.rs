@@ -10,7 +10,7 @@ mod runc_cves;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use canary::{sandbox_image_in, CtlError, Node, BRISK_RUNTIME_TYPE, SHIM_NAME};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -95,6 +95,11 @@ enum Cmd {
     /// containerd and its config, runc, cgroups, leftover sockets and
     /// mounts. Exits 1 when a check fails.
     Doctor,
+    /// Print the shell completion script for SHELL (the .deb installs
+    /// bash's, zsh's and fish's).
+    Completions { shell: clap_complete::Shell },
+    /// Print brisk-ctl's man page (roff) to stdout.
+    Man,
     /// Serve the node's brisk figures (every brisk shim's, summed, and a
     /// CRI ListContainers probe) in Prometheus text format on /metrics.
     /// Uses the global --address as containerd's socket.
@@ -164,6 +169,19 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         ctr: cli.ctr,
     };
     match cli.command {
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "brisk-ctl",
+                &mut std::io::stdout(),
+            );
+        }
+        Cmd::Man => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| CtlError::Command(format!("write the man page: {e}")))?;
+        }
         Cmd::Exporter {
             listen,
             state,
@@ -287,6 +305,38 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_and_man_page_name_every_subcommand() {
+        let mut bash = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "brisk-ctl",
+            &mut bash,
+        );
+        let bash = String::from_utf8(bash).unwrap();
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(
+            man.starts_with(".ie") || man.contains(".TH brisk-ctl"),
+            "{man}"
+        );
+        for sub in Cli::command().get_subcommands() {
+            let name = sub.get_name();
+            assert!(bash.contains(name), "bash completion lacks {name}");
+            assert!(man.contains(name), "man page lacks {name}");
+        }
+        Cli::command().debug_assert();
+    }
 }
 
 fn main() -> ExitCode {
