@@ -307,6 +307,16 @@ fn run(cli: Cli) -> Result<(), CtlError> {
     Ok(())
 }
 
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("brisk-ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,15 +346,5 @@ mod tests {
             assert!(man.contains(name), "man page lacks {name}");
         }
         Cli::command().debug_assert();
-    }
-}
-
-fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("brisk-ctl: {e}");
-            ExitCode::FAILURE
-        }
     }
 }
