@@ -204,6 +204,9 @@ pub struct Options {
     pub without_brisk: bool,
     /// The cgroup driver; default [`cgroup_driver`].
     pub cgroup_driver: Option<CgroupDriver>,
+    /// More environment for containerd (and so its shims), e.g. the
+    /// `OTEL_*` variables that turn on its tracing plugin.
+    pub env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -246,6 +249,8 @@ pub struct Containerd {
     pub ctr_bin: PathBuf,
     /// Who manages the pods' cgroups ([`cgroup_driver`] at start).
     pub cgroup_driver: CgroupDriver,
+    /// [`Options::env`], given again at every (re)start.
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// The datagram socket containerd gets as `NOTIFY_SOCKET`, as systemd
     /// gives it to a `Type=notify` service. containerd passes its
@@ -548,6 +553,7 @@ impl Containerd {
             containerd_bin,
             containerd_version,
             cgroup_driver: opts.driver(),
+            env: opts.env.clone(),
             child: None,
             notify: None,
             cri: None,
@@ -598,6 +604,7 @@ impl Containerd {
             .arg(self.dir.join("config.toml"))
             .env("PATH", path)
             .env("NOTIFY_SOCKET", &notify)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("CONTAINERD_ADDRESS")
             .env_remove("CONTAINERD_NAMESPACE")
             .stdin(Stdio::null())

@@ -558,6 +558,30 @@ impl Cri {
         Ok(())
     }
 
+    /// UpdateContainerResources with gRPC `metadata` (e.g. a W3C
+    /// `traceparent`, as a traced kubelet sends it).
+    pub fn update_container_resources_with_metadata(
+        &self,
+        id: &str,
+        resources: LinuxContainerResources,
+        metadata: &[(&'static str, &str)],
+    ) -> Result<()> {
+        let mut req = tonic::Request::new(cri::UpdateContainerResourcesRequest {
+            container_id: id.into(),
+            linux: Some(resources),
+            ..Default::default()
+        });
+        for (k, v) in metadata {
+            let v = tonic::metadata::MetadataValue::try_from(*v)
+                .map_err(|e| anyhow!("metadata {k}={v:?}: {e}"))?;
+            req.metadata_mut().insert(*k, v);
+        }
+        self.runtime("UpdateContainerResources", |mut c| async move {
+            c.update_container_resources(req).await
+        })?;
+        Ok(())
+    }
+
     pub fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
         let req = cri::ContainerStatsRequest {
             container_id: id.into(),

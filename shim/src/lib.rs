@@ -46,4 +46,5 @@ pub mod start;
 pub mod start_input;
 pub mod stdio;
 pub mod task_service;
+pub mod trace_context;
 pub mod volatile;

@@ -23,7 +23,7 @@ use tracing::{
 };
 use tracing_subscriber::{
     filter::LevelFilter,
-    fmt::{format::Writer, FmtContext, FormatEvent, FormatFields, MakeWriter},
+    fmt::{format::Writer, FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter},
     registry::LookupSpan,
 };
 
@@ -220,7 +220,7 @@ where
 {
     fn format_event(
         &self,
-        _ctx: &FmtContext<'_, S, N>,
+        ctx: &FmtContext<'_, S, N>,
         mut w: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -238,12 +238,25 @@ where
         for (k, v) in fields.rest {
             write!(w, " {k}={}", quote(&v))?;
         }
+        // The fields of the spans the event is in, outermost first: a Task
+        // API request's `trace_id` (task_service/ttrpc.rs). They hold hex
+        // ids only, formatted `key=value` already by the fields formatter.
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let ext = span.extensions();
+                if let Some(f) = ext.get::<FormattedFields<N>>() {
+                    if !f.fields.is_empty() {
+                        write!(w, " {}", f.fields)?;
+                    }
+                }
+            }
+        }
         writeln!(w, " runtime=io.containerd.brisk.v2")
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::{io::Read, os::fd::OwnedFd};
 
     use super::*;
@@ -290,6 +303,60 @@ mod tests {
         let n = r.read(&mut buf).unwrap();
         assert!(n <= PIPE_BUF, "{n}");
         assert!(buf[..n].ends_with("…\n".as_bytes()));
+    }
+
+    /// Collects what a subscriber writes.
+    #[derive(Clone, Default)]
+    pub(crate) struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        pub(crate) fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+
+        /// A subscriber like the shim's, at info level, writing here.
+        pub(crate) fn subscriber(&self) -> impl Subscriber + Send + Sync {
+            let me = self.clone();
+            logfmt(false, LevelFilter::INFO)
+                .with_writer(move || me.clone())
+                .finish()
+        }
+    }
+
+    #[test]
+    fn span_fields_follow_the_event_fields() {
+        let out = Captured::default();
+        tracing::subscriber::with_default(out.subscriber(), || {
+            tracing::info!(id = "c1", "outside");
+            let span = tracing::info_span!(
+                "request",
+                trace_id = %"4bf92f3577b34da6a3ce929d0e0e4736",
+                span_id = %"00f067aa0ba902b7"
+            );
+            span.in_scope(|| tracing::info!(id = "c1", "inside"));
+        });
+        let text = out.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("msg=outside id=c1 runtime="), "{text}");
+        assert!(!lines[0].contains("trace_id"), "{text}");
+        assert!(
+            lines[1].contains(
+                "msg=inside id=c1 trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=00f067aa0ba902b7 runtime=io.containerd.brisk.v2"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -21,4 +21,5 @@ mod restart;
 mod shared_pid;
 mod shim_kill;
 mod soak;
+mod trace;
 mod volatile;

@@ -11,10 +11,10 @@ use containerd_shim_protos::{
     ttrpc::{self, r#async::TtrpcContext},
 };
 use futures_util::FutureExt;
-use tracing::{error, info};
+use tracing::{error, info, info_span, Instrument, Span};
 
 use super::{timestamp, TaskService, Timed};
-use crate::{error::ShimError, metrics};
+use crate::{error::ShimError, metrics, trace_context};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
@@ -23,37 +23,54 @@ type TtrpcResult<T> = ttrpc::Result<T>;
 /// running; the release profile unwinds for that.
 /// Its duration, and whether it was answered from the exiting state, go to
 /// the shim's figures (`metrics.rs`).
+/// When containerd sent a W3C trace context (`trace_context.rs`), the
+/// request runs in a span carrying its trace id, so each of its log lines
+/// (the panic's too) says `trace_id=...`; without one there is no span and
+/// nothing is allocated for it.
 async fn guarded<T>(
+    ctx: &TtrpcContext,
     call: &'static str,
     request: impl Future<Output = Result<T, ShimError>>,
 ) -> TtrpcResult<T> {
+    let span = match trace_context::from_metadata(&ctx.metadata) {
+        Some(tp) => info_span!(
+            "request",
+            trace_id = %tp.trace_id,
+            span_id = %tp.span_id
+        ),
+        None => Span::none(),
+    };
     let request = metrics::task_request(call, request, |e| matches!(e, ShimError::Exiting(_)));
-    match AssertUnwindSafe(request).catch_unwind().await {
-        Ok(answer) => answer.map_err(Into::into),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            error!(
-                call,
-                panic = what,
-                "a request panicked; it fails, the shim goes on"
-            );
-            Err(ShimError::Panicked(call).into())
+    async move {
+        match AssertUnwindSafe(request).catch_unwind().await {
+            Ok(answer) => answer.map_err(Into::into),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                error!(
+                    call,
+                    panic = what,
+                    "a request panicked; it fails, the shim goes on"
+                );
+                Err(ShimError::Panicked(call).into())
+            }
         }
     }
+    .instrument(span)
+    .await
 }
 
 #[async_trait]
 impl Task for TaskService {
     async fn create(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        guarded("create", async {
+        guarded(ctx, "create", async {
             let _t = Timed::new("create", &req.id);
             info!(id = req.id, bundle = req.bundle, "create");
             let pid = TaskService::create(self, &req).await?;
@@ -67,10 +84,10 @@ impl Task for TaskService {
 
     async fn start(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        guarded("start", async {
+        guarded(ctx, "start", async {
             let _busy = self.busy();
             let _t = Timed::new("start", &req.id);
             let pid = if req.exec_id.is_empty() {
@@ -89,10 +106,10 @@ impl Task for TaskService {
 
     async fn delete(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<DeleteResponse> {
-        guarded("delete", async {
+        guarded(ctx, "delete", async {
             let _busy = self.busy();
             let _t = Timed::new("delete", &req.id);
             TaskService::delete(self, &req.id, &req.exec_id).await
@@ -102,10 +119,10 @@ impl Task for TaskService {
 
     async fn state(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        guarded("state", async {
+        guarded(ctx, "state", async {
             let _t = Timed::new("state", &req.id);
             TaskService::state(self, &req.id, &req.exec_id)
         })
@@ -114,18 +131,18 @@ impl Task for TaskService {
 
     async fn pids(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        guarded("pids", async {
+        guarded(ctx, "pids", async {
             let _busy = self.busy();
             TaskService::pids(self, &req.id).await
         })
         .await
     }
 
-    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
-        guarded("pause", async {
+    async fn pause(&self, ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
+        guarded(ctx, "pause", async {
             let _busy = self.busy();
             self.set_frozen(&req.id, true).await?;
             Ok(Empty::new())
@@ -133,8 +150,8 @@ impl Task for TaskService {
         .await
     }
 
-    async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
-        guarded("resume", async {
+    async fn resume(&self, ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
+        guarded(ctx, "resume", async {
             let _busy = self.busy();
             self.set_frozen(&req.id, false).await?;
             Ok(Empty::new())
@@ -144,10 +161,10 @@ impl Task for TaskService {
 
     async fn checkpoint(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         _req: api::CheckpointTaskRequest,
     ) -> TtrpcResult<Empty> {
-        guarded("checkpoint", async {
+        guarded(ctx, "checkpoint", async {
             Err(ShimError::Unimplemented(
                 "checkpoint (brisk does not checkpoint containers)",
             ))
@@ -155,8 +172,8 @@ impl Task for TaskService {
         .await
     }
 
-    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
-        guarded("kill", async {
+    async fn kill(&self, ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
+        guarded(ctx, "kill", async {
             let _busy = self.busy();
             let _t = Timed::new("kill", &req.id);
             TaskService::kill(self, &req.id, &req.exec_id, req.signal, req.all).await?;
@@ -165,8 +182,8 @@ impl Task for TaskService {
         .await
     }
 
-    async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
-        guarded("exec", async {
+    async fn exec(&self, ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
+        guarded(ctx, "exec", async {
             let _busy = self.busy();
             self.add_exec(&req)?;
             Ok(Empty::new())
@@ -176,26 +193,26 @@ impl Task for TaskService {
 
     async fn resize_pty(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<Empty> {
-        guarded("resize_pty", async {
+        guarded(ctx, "resize_pty", async {
             TaskService::resize_pty(self, &req)?;
             Ok(Empty::new())
         })
         .await
     }
 
-    async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
-        guarded("close_io", async {
+    async fn close_io(&self, ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
+        guarded(ctx, "close_io", async {
             TaskService::close_io(self, &req.id, &req.exec_id)?;
             Ok(Empty::new())
         })
         .await
     }
 
-    async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
-        guarded("update", async {
+    async fn update(&self, ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
+        guarded(ctx, "update", async {
             let _busy = self.busy();
             let _t = Timed::new("update", &req.id);
             TaskService::update(self, &req).await?;
@@ -206,10 +223,10 @@ impl Task for TaskService {
 
     async fn wait(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
-        guarded("wait", async {
+        guarded(ctx, "wait", async {
             let exit = TaskService::wait(self, &req.id, &req.exec_id).await?;
             Ok(api::WaitResponse {
                 exit_status: exit.status,
@@ -222,29 +239,118 @@ impl Task for TaskService {
 
     async fn stats(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        guarded("stats", async { TaskService::stats(self, &req.id).await }).await
+        guarded(ctx, "stats", async {
+            TaskService::stats(self, &req.id).await
+        })
+        .await
     }
 
     async fn connect(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        guarded("connect", async { Ok(TaskService::connect(self, &req.id)) }).await
+        guarded(ctx, "connect", async {
+            Ok(TaskService::connect(self, &req.id))
+        })
+        .await
     }
 
-    async fn shutdown(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: api::ShutdownRequest,
-    ) -> TtrpcResult<Empty> {
-        guarded("shutdown", async {
+    async fn shutdown(&self, ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<Empty> {
+        guarded(ctx, "shutdown", async {
             TaskService::shutdown(self);
             Ok(Empty::new())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::logging::tests::Captured;
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn ctx(traceparent: Option<&str>) -> TtrpcContext {
+        let mut metadata = HashMap::new();
+        if let Some(tp) = traceparent {
+            metadata.insert("traceparent".to_string(), vec![tp.to_string()]);
+        }
+        TtrpcContext {
+            mh: Default::default(),
+            metadata,
+            timeout_nano: 0,
+        }
+    }
+
+    /// What one request logs through `guarded`, and its answer.
+    fn logged(ctx: &TtrpcContext) -> (String, TtrpcResult<()>) {
+        let out = Captured::default();
+        let _default = tracing::subscriber::set_default(out.subscriber());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let answer = rt.block_on(guarded(ctx, "state", async {
+            info!(id = "c1", "working");
+            tokio::task::yield_now().await;
+            info!(id = "c1", "done");
+            Ok::<_, ShimError>(())
+        }));
+        (out.text(), answer)
+    }
+
+    #[test]
+    fn each_line_of_a_traced_request_carries_its_trace_id() {
+        let (text, answer) = logged(&ctx(Some(TRACEPARENT)));
+        answer.unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for line in lines {
+            assert!(
+                line.contains(
+                    " trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=00f067aa0ba902b7 "
+                ),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_or_a_malformed_trace_context_adds_nothing_and_fails_nothing() {
+        for tp in [
+            None,
+            Some("garbage"),
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        ] {
+            let (text, answer) = logged(&ctx(tp));
+            answer.unwrap();
+            assert_eq!(text.lines().count(), 2, "{text}");
+            assert!(!text.contains("trace_id"), "{tp:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn a_panicking_request_logs_the_panic_with_its_trace_id() {
+        let out = Captured::default();
+        let _default = tracing::subscriber::set_default(out.subscriber());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let answer: TtrpcResult<()> =
+            rt.block_on(guarded(&ctx(Some(TRACEPARENT)), "state", async {
+                panic!("a bug")
+            }));
+        assert!(answer.is_err());
+        let text = out.text();
+        assert!(
+            text.contains("panicked") && text.contains("trace_id=4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{text}"
+        );
     }
 }
