@@ -14,9 +14,6 @@
 #
 # Settings (environment):
 #   BRISK_MODE            handler | canary (default handler)
-#   BRISK_NODE_LABEL      the node's brisk.io/runtime label (downward API,
-#                         optional): "canary" or "handler" picks the mode when
-#                         BRISK_MODE is unset
 #   BRISK_CONFIG          containerd's config (default /etc/containerd/config.toml);
 #                         the host's config dir must be mounted at the same
 #                         path, since containerd reads the paths written there
@@ -60,14 +57,7 @@ PROBE_CGROUP=${BRISK_PROBE_CGROUP:-/k8s.io/brisk-installer-probe}
 STATE=$CONFIG.brisk-installer
 BACKUP=$CONFIG.brisk-backup
 
-MODE=${BRISK_MODE:-}
-LABEL=${BRISK_NODE_LABEL:-}
-if [ -z "$MODE" ]; then
-    case $LABEL in
-        canary | handler) MODE=$LABEL ;;
-        *) MODE=handler ;;
-    esac
-fi
+MODE=${BRISK_MODE:-handler}
 case $MODE in
     handler) ENABLE_ARGS="" ;;
     canary) ENABLE_ARGS="--canary" ;;
@@ -138,7 +128,17 @@ teardown() {
     log "done (status $status)"
     exit "$status"
 }
-trap teardown TERM INT
+# A SIGTERM while installing or enabling is handled once that is done (the
+# shell runs a trap only between commands anyway).
+term=0
+trap 'term=1' TERM INT
+
+already=0
+if [ -f "$STATE" ] && grep -q '^enabled=1$' "$STATE" && [ -f "$BACKUP" ]; then
+    already=1
+elif [ -f "$BACKUP" ]; then
+    die "$BACKUP exists but this installer did not write it: brisk was enabled by hand here (refusing; roll that back with brisk-ctl rollback first)"
+fi
 
 # ---- install -----------------------------------------------------------------
 ctl install --from "$SRC/containerd-shim-brisk-v2" || die "brisk-ctl install failed"
@@ -146,12 +146,9 @@ cp "$SRC/brisk-ctl" "$BIN_DIR/.brisk-ctl.new" && chmod 0755 "$BIN_DIR/.brisk-ctl
     mv "$BIN_DIR/.brisk-ctl.new" "$BIN_DIR/brisk-ctl" || die "cannot install brisk-ctl into $BIN_DIR"
 
 # ---- enable, once -------------------------------------------------------------
-if [ -f "$STATE" ] && grep -q '^enabled=1$' "$STATE" && [ -f "$BACKUP" ]; then
+if [ "$already" = 1 ]; then
     log "already enabled by an earlier run; config left as it is"
 else
-    if [ -f "$BACKUP" ]; then
-        die "$BACKUP exists but this installer did not write it: someone else enabled brisk here (refusing)"
-    fi
     created=0
     [ -e "$TOML" ] || created=1
     printf 'mode=%s\ncreated_toml=%s\nenabled=0\n' "$MODE" "$created" >"$STATE.tmp" &&
@@ -173,12 +170,22 @@ else
         rm -f "$STATE"
         ctl uninstall >/dev/null 2>&1 && rm -f "$BIN_DIR/brisk-ctl"
         rm -rf "$WRAP"
-        die "brisk-ctl enable failed; the node is left as it was"
+        # Exiting would make kubelet start the installer again, and each
+        # try restarts containerd: stay, not Ready, until deleted.
+        echo "brisk-installer: brisk-ctl enable failed; the node is left as it was (not retrying; delete the pod to try again)" >&2
+        trap 'exit 1' TERM INT
+        [ "$term" = 0 ] || exit 1
+        while :; do
+            sleep 3600 &
+            wait $!
+        done
     fi
     printf 'mode=%s\ncreated_toml=%s\nenabled=1\n' "$MODE" "$created" >"$STATE.tmp" &&
         mv "$STATE.tmp" "$STATE" || die "cannot write $STATE"
 fi
 log "brisk is enabled ($MODE); waiting for SIGTERM to roll back"
+trap teardown TERM INT
+[ "$term" = 0 ] || teardown
 
 # ---- wait ---------------------------------------------------------------------
 while :; do
