@@ -101,7 +101,7 @@ fn state_of(cd: &Containerd, id: &str) -> anyhow::Result<(Option<ContainerState>
 
 /// The DaemonSet's pod, on the stock runtime: the installer with the
 /// private containerd's paths.
-fn installer_spec(cd: &Containerd, image: &str, probe_cgroup: &str) -> ContainerSpec {
+fn installer_spec(cd: &Containerd, image: &str, probe_cgroup: &str, mode: &str) -> ContainerSpec {
     let restart_cmd = cd.restart_hook().expect("restart hook");
     // ctr run mounts the probe image's snapshot in a temporary directory
     // (hence privileged): TMPDIR is in the instance directory, writable also
@@ -121,7 +121,7 @@ fn installer_spec(cd: &Containerd, image: &str, probe_cgroup: &str) -> Container
             Path::new("/host/run/containerd"),
             false,
         )
-        .env("BRISK_MODE", "handler")
+        .env("BRISK_MODE", mode)
         .env("BRISK_CONFIG", &cd.config_path().to_string_lossy())
         .env(
             "BRISK_TOML",
@@ -139,10 +139,60 @@ fn installer_spec(cd: &Containerd, image: &str, probe_cgroup: &str) -> Container
         .env("BRISK_PROBE_CGROUP", probe_cgroup)
 }
 
-/// Install through the DaemonSet's pod, run a pod under brisk, stop the
-/// installer pod: the node is as it was.
+/// StopContainer `id` with the grace period, serving the restart its
+/// rollback asks for; it must exit 0. Returns the restarts and its log.
+fn stop_installer(cd: &mut Containerd, id: &str, log_dir: &Path, name: &str) -> (usize, String) {
+    let stopping = Instant::now();
+    let socket = cd.socket.clone();
+    let parent = cd.cgroup_parent();
+    let logs = cd.dir.join("pod-logs");
+    let stop_id = id.to_string();
+    let stopper = std::thread::spawn(move || {
+        let mut c = Cri::connect(&socket, &parent, &logs)?;
+        c.timeout = Duration::from_secs(GRACE_S as u64 + 30);
+        c.stop_container(&stop_id, GRACE_S)
+    });
+    let restarts = cd
+        .serve_restarts_until(STEP_TIMEOUT, |cd| {
+            Ok(matches!(
+                state_of(cd, id)?,
+                (Some(ContainerState::ContainerExited), _)
+            ))
+        })
+        .unwrap_or_else(|e| panic!("stop {name}: {e:#}\n{}", container_log(log_dir, name)));
+    let stop_call = stopper
+        .join()
+        .expect("stopper thread")
+        .map_err(|e| format!("{e:#}"));
+    let log = container_log(log_dir, name);
+    eprintln!(
+        "{name} stopped in {:?} ({restarts} restarts; StopContainer: {stop_call:?}):\n{log}",
+        stopping.elapsed()
+    );
+    let (_, code) = state_of(cd, id).expect("ContainerStatus");
+    assert_eq!(code, 0, "{name} exits 0:\n{log}");
+    assert!(log.contains("done (status 0)"), "{log}");
+    (restarts, log)
+}
+
+/// Install through the DaemonSet's pod (BRISK_MODE=handler: a `brisk`
+/// handler), run a pod under brisk, stop the installer pod: the node is as
+/// it was.
 #[test]
 fn installer_pod_enables_brisk_and_its_stop_rolls_back() {
+    installer_cycle("handler", BRISK_HANDLER);
+}
+
+/// The same with BRISK_MODE=canary: the default `runc` handler runs brisk,
+/// its runc options carried into the brisk.toml the installer then removes.
+#[test]
+fn installer_pod_in_canary_mode_swaps_runc_and_back() {
+    installer_cycle("canary", RUNC_HANDLER);
+}
+
+/// Install in `mode`, run a pod on `handler` (brisk's after the install),
+/// roll back by stopping the installer pod.
+fn installer_cycle(mode: &str, handler: &str) {
     if !brisk_integration::integration_enabled() {
         return;
     }
@@ -175,7 +225,7 @@ fn installer_pod_enables_brisk_and_its_stop_rolls_back() {
             cd.cri().privileged_pod_config("brisk-installer"),
         )
         .expect("RunPodSandbox");
-    let spec = installer_spec(&cd, &image, &probe_cgroup);
+    let spec = installer_spec(&cd, &image, &probe_cgroup, mode);
     let installer = cd.cri().run_container(&pod, &spec).expect("run installer");
     let log_dir = pod.log_directory.clone();
     let restarts = cd
@@ -186,12 +236,7 @@ fn installer_pod_enables_brisk_and_its_stop_rolls_back() {
             }
             Ok(log.contains("brisk is enabled"))
         })
-        .unwrap_or_else(|e| {
-            panic!(
-                "installer: {e:#}\n{}",
-                container_log(&log_dir, "installer")
-            )
-        });
+        .unwrap_or_else(|e| panic!("installer: {e:#}\n{}", container_log(&log_dir, "installer")));
     eprintln!(
         "installer enabled brisk in {:?} ({restarts} restarts):\n{}",
         started.elapsed(),
@@ -202,16 +247,39 @@ fn installer_pod_enables_brisk_and_its_stop_rolls_back() {
     assert!(cd.bin_dir().join("brisk-ctl").is_file());
     let enabled = fs::read_to_string(cd.config_path()).unwrap();
     assert!(enabled.contains("io.containerd.brisk.v2"), "{enabled}");
+    let toml = fs::read_to_string(cd.dir.join("installer-brisk.toml")).expect("brisk.toml");
+    if mode == "canary" {
+        assert!(toml.contains("systemd_cgroup = false"), "{toml}");
+    }
     assert!(
         sys::cgroup_dirs(&probe_cgroup).is_empty(),
         "the probe's cgroup is removed: {:?}",
         sys::cgroup_dirs(&probe_cgroup)
     );
 
-    // 2. A pod under the brisk handler runs on the installed shim.
+    // 2. A second installer on the enabled node (what a restarted pod
+    // finds): installs again, neither edits the config nor restarts
+    // containerd.
+    let mut again_spec = installer_spec(&cd, &image, &probe_cgroup, mode);
+    again_spec.name = "installer-again".into();
+    let again = cd
+        .cri()
+        .run_container(&pod, &again_spec)
+        .expect("run installer again");
+    let restarts = cd
+        .serve_restarts_until(STEP_TIMEOUT, |_| {
+            Ok(container_log(&log_dir, "installer-again").contains("brisk is enabled"))
+        })
+        .unwrap_or_else(|e| panic!("again: {e:#}"));
+    let log = container_log(&log_dir, "installer-again");
+    assert_eq!(restarts, 0, "no restart on an enabled node:\n{log}");
+    assert!(log.contains("already enabled"), "{log}");
+    assert_eq!(fs::read_to_string(cd.config_path()).unwrap(), enabled);
+
+    // 3. A pod under the brisk handler runs on the installed shim.
     let cri = cd.cri();
     let bpod = cri
-        .run_pod_sandbox(BRISK_HANDLER, "on-brisk")
+        .run_pod_sandbox(handler, "on-brisk")
         .expect("RunPodSandbox on brisk");
     let bctr = cri
         .run_container(
@@ -229,7 +297,10 @@ fn installer_pod_enables_brisk_and_its_stop_rolls_back() {
         })
         .filter_map(sys::exe)
         .collect();
-    assert_eq!(exes, [shim.clone()], "the brisk pod's shim is the installed one");
+    assert!(
+        exes.len() == 1 && exes[0] == shim,
+        "the pod's shim is the installed one: {exes:?}"
+    );
     let r = cri
         .exec_sync(&bctr, &["echo", "alive"], Duration::from_secs(10))
         .expect("ExecSync");
@@ -239,40 +310,20 @@ fn installer_pod_enables_brisk_and_its_stop_rolls_back() {
     cri.stop_pod(&bpod.id).expect("StopPodSandbox");
     cri.remove_pod(&bpod.id).expect("RemovePodSandbox");
 
-    // 3. Stop the installer as kubelet does (StopContainer with the grace
-    // period). Its rollback restarts containerd, which cuts this call off
-    // (kubelet would retry): the call runs on a client of its own while
-    // this thread serves the restart, until the container has exited.
-    let stopping = Instant::now();
-    let socket = cd.socket.clone();
-    let parent = cd.cgroup_parent();
-    let logs = cd.dir.join("pod-logs");
-    let id = installer.clone();
-    let stopper = std::thread::spawn(move || {
-        let mut c = Cri::connect(&socket, &parent, &logs)?;
-        c.timeout = Duration::from_secs(GRACE_S as u64 + 30);
-        c.stop_container(&id, GRACE_S)
-    });
-    let restarts = cd
-        .serve_restarts_until(STEP_TIMEOUT, |cd| {
-            Ok(matches!(
-                state_of(cd, &installer)?,
-                (Some(ContainerState::ContainerExited), _)
-            ))
-        })
-        .unwrap_or_else(|e| panic!("stop: {e:#}\n{}", container_log(&log_dir, "installer")));
-    let stop_call = stopper.join().expect("stopper thread");
-    let log = container_log(&log_dir, "installer");
-    eprintln!(
-        "installer stopped in {:?} ({restarts} restarts; StopContainer: {stop_call:?}):\n{log}",
-        stopping.elapsed()
-    );
-    let (_, code) = state_of(&cd, &installer).expect("ContainerStatus");
-    assert_eq!(code, 0, "the installer exits 0 after its rollback:\n{log}");
+    // 4. Stop the installers as kubelet does (StopContainer with the grace
+    // period), the second one first: its rollback restarts containerd,
+    // which cuts the call off (kubelet would retry): the call runs on a
+    // client of its own while this thread serves the restart, until the
+    // container has exited. The first one then finds nothing to undo.
+    let (restarts, log) = stop_installer(&mut cd, &again, &log_dir, "installer-again");
     assert_eq!(restarts, 1, "rollback restarts containerd once");
     assert!(log.contains("rolled back"), "{log}");
+    let (restarts, log) = stop_installer(&mut cd, &installer, &log_dir, "installer");
+    assert_eq!(restarts, 0, "nothing left to roll back:\n{log}");
+    cd.cri().remove_container(&again).expect("RemoveContainer");
 
-    // 4. The node is back.
+    // 5. The node is back.
+
     assert!(
         fs::read(cd.config_path()).unwrap() == original,
         "config byte-identical to the original:\n{}",
@@ -340,7 +391,7 @@ fn installer_refuses_a_node_without_containerd_config() {
             "cannot run the host's containerd",
         ),
     ] {
-        let mut spec = installer_spec(&cd, &image, &probe_cgroup);
+        let mut spec = installer_spec(&cd, &image, &probe_cgroup, "handler");
         spec.envs.retain(|(k, _)| k != key);
         spec = spec.env(key, &value.to_string_lossy());
         spec.name = format!("installer-{}", what.replace(' ', "-"));
@@ -415,7 +466,12 @@ fn installer_manifests() {
         Some("canary")
     );
     assert_eq!(at(pod, &["hostPID"]).as_bool(), Some(true));
-    assert!(at(pod, &["terminationGracePeriodSeconds"]).as_i64().unwrap() >= 60);
+    assert!(
+        at(pod, &["terminationGracePeriodSeconds"])
+            .as_i64()
+            .unwrap()
+            >= 60
+    );
     assert!(at(pod, &["tolerations"]).as_sequence().is_some());
     let c = &at(pod, &["containers"]).as_sequence().unwrap()[0];
     assert_eq!(
