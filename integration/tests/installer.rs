@@ -305,25 +305,43 @@ fn installer_cycle(mode: &str, handler: &str) {
         .exec_sync(&bctr, &["echo", "alive"], Duration::from_secs(10))
         .expect("ExecSync");
     assert_eq!((r.exit_code, r.stdout_str().as_str()), (0, "alive\n"));
+
+    // 4. Stop the installers as kubelet does (StopContainer with the grace
+    // period), the second one first, while the pod under brisk still runs:
+    // its rollback restarts containerd, which cuts the call off (kubelet
+    // would retry; the call runs on a client of its own while this thread
+    // serves the restart, until the container has exited); uninstall
+    // refuses while brisk serves a task, so the shim and brisk.toml stay
+    // and the pod runs on.
+    let toml_path = cd.dir.join("installer-brisk.toml");
+    let (restarts, log) = stop_installer(&mut cd, &again, &log_dir, "installer-again");
+    assert_eq!(restarts, 1, "rollback restarts containerd once");
+    assert!(log.contains("rolled back"), "{log}");
+    assert!(log.contains("stay while brisk pods run"), "{log}");
+    assert!(
+        fs::read(cd.config_path()).unwrap() == original,
+        "rolled back"
+    );
+    assert!(
+        shim.is_file() && toml_path.is_file(),
+        "kept for the brisk pod"
+    );
+    let cri = cd.cri();
+    let r = cri
+        .exec_sync(&bctr, &["echo", "still"], Duration::from_secs(10))
+        .expect("ExecSync after the rollback");
+    assert_eq!((r.exit_code, r.stdout_str().as_str()), (0, "still\n"));
     cri.stop_container(&bctr, 2).expect("StopContainer");
     cri.remove_container(&bctr).expect("RemoveContainer");
     cri.stop_pod(&bpod.id).expect("StopPodSandbox");
     cri.remove_pod(&bpod.id).expect("RemovePodSandbox");
-
-    // 4. Stop the installers as kubelet does (StopContainer with the grace
-    // period), the second one first: its rollback restarts containerd,
-    // which cuts the call off (kubelet would retry): the call runs on a
-    // client of its own while this thread serves the restart, until the
-    // container has exited. The first one then finds nothing to undo.
-    let (restarts, log) = stop_installer(&mut cd, &again, &log_dir, "installer-again");
-    assert_eq!(restarts, 1, "rollback restarts containerd once");
-    assert!(log.contains("rolled back"), "{log}");
+    cri.remove_container(&again).expect("RemoveContainer");
+    // The first installer finds nothing to roll back, and removes the rest.
     let (restarts, log) = stop_installer(&mut cd, &installer, &log_dir, "installer");
     assert_eq!(restarts, 0, "nothing left to roll back:\n{log}");
-    cd.cri().remove_container(&again).expect("RemoveContainer");
+    assert!(log.contains("removed the shim"), "{log}");
 
     // 5. The node is back.
-
     assert!(
         fs::read(cd.config_path()).unwrap() == original,
         "config byte-identical to the original:\n{}",

@@ -110,18 +110,19 @@ teardown() {
             status=1
         fi
     fi
-    if [ "$status" -eq 0 ] && [ -f "$STATE" ] && grep -q '^created_toml=1$' "$STATE"; then
-        rm -f "$TOML"
-    fi
     if [ "$status" -eq 0 ]; then
         # uninstall refuses while pods started under brisk still run; they
-        # keep their shim, and the binary stays for them.
+        # keep their shim and brisk.toml, and the next installer run or a
+        # hand `brisk-ctl uninstall` removes them.
         if ctl uninstall; then
-            rm -f "$BIN_DIR/brisk-ctl"
-            rm -f "$STATE"
+            if [ -f "$STATE" ] && grep -q '^created_toml=1$' "$STATE"; then
+                rm -f "$TOML"
+            fi
+            rm -f "$BIN_DIR/brisk-ctl" "$STATE"
             log "removed the shim and brisk-ctl from $BIN_DIR"
         else
-            echo "brisk-installer: the shim stays in $BIN_DIR while brisk pods run" >&2
+            [ ! -f "$STATE" ] || sed -i 's/^enabled=1$/enabled=0/' "$STATE"
+            echo "brisk-installer: the shim and brisk.toml stay while brisk pods run" >&2
         fi
     fi
     rm -rf "$WRAP"
@@ -142,17 +143,31 @@ fi
 
 # ---- install -----------------------------------------------------------------
 ctl install --from "$SRC/containerd-shim-brisk-v2" || die "brisk-ctl install failed"
-cp "$SRC/brisk-ctl" "$BIN_DIR/.brisk-ctl.new" && chmod 0755 "$BIN_DIR/.brisk-ctl.new" &&
-    mv "$BIN_DIR/.brisk-ctl.new" "$BIN_DIR/brisk-ctl" || die "cannot install brisk-ctl into $BIN_DIR"
+install_ctl() {
+    cp "$SRC/brisk-ctl" "$BIN_DIR/.brisk-ctl.new" &&
+        chmod 0755 "$BIN_DIR/.brisk-ctl.new" &&
+        mv "$BIN_DIR/.brisk-ctl.new" "$BIN_DIR/brisk-ctl"
+}
+install_ctl || die "cannot install brisk-ctl into $BIN_DIR"
+
+# write_state ENABLED: what this installer did, atomically, mode 0644.
+write_state() {
+    printf 'mode=%s\ncreated_toml=%s\nenabled=%s\n' "$MODE" "$created" "$1" >"$STATE.tmp" &&
+        chmod 0644 "$STATE.tmp" &&
+        mv "$STATE.tmp" "$STATE"
+}
 
 # ---- enable, once -------------------------------------------------------------
 if [ "$already" = 1 ]; then
+    grep -qx "mode=$MODE" "$STATE" ||
+        log "warning: enabled earlier in another mode ($(grep '^mode=' "$STATE")); delete the pod to switch"
     log "already enabled by an earlier run; config left as it is"
 else
     created=0
     [ -e "$TOML" ] || created=1
-    printf 'mode=%s\ncreated_toml=%s\nenabled=0\n' "$MODE" "$created" >"$STATE.tmp" &&
-        chmod 0644 "$STATE.tmp" && mv "$STATE.tmp" "$STATE" || die "cannot write $STATE"
+    # An earlier run's brisk.toml, left for pods that ran under brisk then.
+    if [ -f "$STATE" ] && grep -q '^created_toml=1$' "$STATE"; then created=1; fi
+    write_state 0 || die "cannot write $STATE"
     probe_dirs=""
     case $PROBE_CGROUP in
         /*) probe_dirs=$($HOST_EXEC sh -c "$HOST_CG_MISSING" sh "$PROBE_CGROUP" | sort -r) ;;
@@ -180,8 +195,7 @@ else
             wait $!
         done
     fi
-    printf 'mode=%s\ncreated_toml=%s\nenabled=1\n' "$MODE" "$created" >"$STATE.tmp" &&
-        mv "$STATE.tmp" "$STATE" || die "cannot write $STATE"
+    write_state 1 || die "cannot write $STATE"
 fi
 log "brisk is enabled ($MODE); waiting for SIGTERM to roll back"
 trap teardown TERM INT
