@@ -815,6 +815,39 @@ impl Containerd {
         Ok((output, restarts))
     }
 
+    /// Serve [`Containerd::restart_hook`] requests from something the test
+    /// does not run itself (a pod whose container runs the hook, through a
+    /// mount of the instance directory), until `done` holds (checked every
+    /// 100 ms; errors of `done`, e.g. CRI while containerd restarts, count
+    /// as "not yet") or `timeout` passes. Returns the restarts served.
+    pub fn serve_restarts_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&Containerd) -> Result<bool>,
+    ) -> Result<usize> {
+        let request = self.dir.join("restart.req");
+        let answer = self.dir.join("restart.done");
+        let deadline = Instant::now() + timeout;
+        let mut restarts = 0;
+        let mut last_check = Instant::now() - Duration::from_secs(1);
+        loop {
+            if fs::remove_file(&request).is_ok() {
+                restarts += 1;
+                self.answer_restart(&answer)?;
+            }
+            if last_check.elapsed() >= Duration::from_millis(100) {
+                last_check = Instant::now();
+                if let Ok(true) = done(self) {
+                    return Ok(restarts);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("not done within {timeout:?} ({restarts} restarts served)");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Restart containerd for the hook and write the hook's answer (`ok` or
     /// the error) to `answer`, atomically.
     fn answer_restart(&mut self, answer: &Path) -> Result<()> {

@@ -53,6 +53,11 @@ pub struct ContainerSpec {
     /// Join the pod's pid namespace (shareProcessNamespace); the pod must
     /// have been made with [`Cri::shared_pid_pod_config`].
     pub share_pod_pid: bool,
+    /// hostPath mounts: (host path, container path, read-only).
+    pub mounts: Vec<(PathBuf, PathBuf, bool)>,
+    /// A privileged container (its pod must be privileged too:
+    /// [`Cri::privileged_pod_config`]).
+    pub privileged: bool,
 }
 
 impl ContainerSpec {
@@ -69,7 +74,28 @@ impl ContainerSpec {
             stdin: false,
             resources: None,
             share_pod_pid: false,
+            mounts: Vec::new(),
+            privileged: false,
         }
+    }
+
+    /// A privileged container, as `securityContext.privileged: true`.
+    pub fn privileged(mut self) -> Self {
+        self.privileged = true;
+        self
+    }
+
+    /// The container runs `image` instead of busybox.
+    pub fn image(mut self, image: &str) -> Self {
+        self.image = image.to_string();
+        self
+    }
+    /// Mount the host's `host` at `container` (a hostPath volume), with
+    /// private propagation.
+    pub fn mount(mut self, host: &Path, container: &Path, readonly: bool) -> Self {
+        self.mounts
+            .push((host.to_path_buf(), container.to_path_buf(), readonly));
+        self
     }
 
     /// Joins the pod's pid namespace, as kubelet asks for a pod with
@@ -338,6 +364,19 @@ impl Cri {
         config
     }
 
+    /// [`Cri::pod_config`] of a pod that may hold privileged containers.
+    pub fn privileged_pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        let mut config = self.pod_config(name);
+        if let Some(sc) = config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+        {
+            sc.privileged = true;
+        }
+        config
+    }
+
     pub fn run_pod_sandbox(&self, handler: &str, name: &str) -> Result<Pod> {
         let config = self.pod_config(name);
         self.run_pod_sandbox_with(handler, config)
@@ -433,6 +472,16 @@ impl Cri {
                 })
                 .collect(),
             annotations: spec.annotations.clone(),
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|(host, container, readonly)| cri::Mount {
+                    host_path: host.to_string_lossy().into_owned(),
+                    container_path: container.to_string_lossy().into_owned(),
+                    readonly: *readonly,
+                    ..Default::default()
+                })
+                .collect(),
             log_path: format!("{}.log", spec.name),
             stdin: spec.stdin,
             tty: spec.tty,
@@ -447,6 +496,7 @@ impl Cri {
                         }
                         ns
                     }),
+                    privileged: spec.privileged,
                     ..Default::default()
                 }),
             }),
