@@ -192,12 +192,14 @@ fn installer_pod_in_canary_mode_swaps_runc_and_back() {
 
 /// Install in `mode`, run a pod on `handler` (brisk's after the install),
 /// roll back by stopping the installer pod.
-fn installer_cycle(mode: &str, handler: &str) {
+/// A private containerd as a node before brisk, with the installer image
+/// imported; None where integration tests cannot run.
+fn node_with_installer_image() -> Option<(Containerd, String)> {
     if !brisk_integration::integration_enabled() {
-        return;
+        return None;
     }
     brisk_integration::require_brisk();
-    let mut cd = Containerd::start_with(Options {
+    let cd = Containerd::start_with(Options {
         without_brisk: true,
         ..Options::default()
     })
@@ -208,6 +210,13 @@ fn installer_cycle(mode: &str, handler: &str) {
     cd.cri()
         .wait_images(&[&image], Duration::from_secs(30))
         .expect("CRI sees the installer image");
+    Some((cd, image))
+}
+
+fn installer_cycle(mode: &str, handler: &str) {
+    let Some((mut cd, image)) = node_with_installer_image() else {
+        return;
+    };
 
     let original = fs::read(cd.config_path()).unwrap();
     let bin_before = dir_listing(&cd.bin_dir());
@@ -371,21 +380,9 @@ fn installer_cycle(mode: &str, handler: &str) {
 /// exits non-zero, says why, and changes nothing.
 #[test]
 fn installer_refuses_a_node_without_containerd_config() {
-    if !brisk_integration::integration_enabled() {
+    let Some((cd, image)) = node_with_installer_image() else {
         return;
-    }
-    brisk_integration::require_brisk();
-    let cd = Containerd::start_with(Options {
-        without_brisk: true,
-        ..Options::default()
-    })
-    .expect("start private containerd");
-    let archive = installer_archive(&cd.dir.join("installer-image"));
-    let image = image_name(&archive);
-    cd.ctr_in("k8s.io").import(&archive).expect("import");
-    cd.cri()
-        .wait_images(&[&image], Duration::from_secs(30))
-        .expect("CRI sees the installer image");
+    };
     let bin_before = dir_listing(&cd.bin_dir());
     let probe_cgroup = cd.ctr_cgroup("brisk-installer-probe");
     let pod = cd

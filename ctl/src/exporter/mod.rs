@@ -142,7 +142,7 @@ async fn scrape(
 fn register_status_probe(registry: &mut Registry, status: &probe::StatusProbe) {
     registry.register(
         "brisk_cri_container_status_duration_seconds",
-        "Duration of each CRI ContainerStatus the probe asked after a list",
+        "Duration of each CRI ContainerStatus of the status probe (every container the last list named)",
         status.durations.clone(),
     );
     registry.register(
