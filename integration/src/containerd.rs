@@ -770,9 +770,7 @@ impl Containerd {
         cmd: &mut Command,
         timeout: Duration,
     ) -> Result<(Output, usize)> {
-        let request = self.dir.join("restart.req");
-        let answer = self.dir.join("restart.done");
-        let _ = fs::remove_file(&request);
+        let _ = fs::remove_file(self.dir.join(RESTART_REQUEST));
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -787,12 +785,9 @@ impl Containerd {
             if let Some(status) = child.try_wait()? {
                 break status;
             }
-            let served = if fs::remove_file(&request).is_ok() {
-                restarts += 1;
-                self.answer_restart(&answer)
-            } else {
-                Ok(())
-            };
+            let served = self.serve_restart_request().map(|served| {
+                restarts += usize::from(served);
+            });
             let failed = match served {
                 Err(e) => Some(e),
                 Ok(()) if Instant::now() > deadline => {
@@ -825,16 +820,11 @@ impl Containerd {
         timeout: Duration,
         mut done: impl FnMut(&Containerd) -> Result<bool>,
     ) -> Result<usize> {
-        let request = self.dir.join("restart.req");
-        let answer = self.dir.join("restart.done");
         let deadline = Instant::now() + timeout;
         let mut restarts = 0;
         let mut last_check = Instant::now() - Duration::from_secs(1);
         loop {
-            if fs::remove_file(&request).is_ok() {
-                restarts += 1;
-                self.answer_restart(&answer)?;
-            }
+            restarts += usize::from(self.serve_restart_request()?);
             if last_check.elapsed() >= Duration::from_millis(100) {
                 last_check = Instant::now();
                 if let Ok(true) = done(self) {
@@ -846,6 +836,16 @@ impl Containerd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// If the [`Containerd::restart_hook`] asked for a restart, restart
+    /// containerd and answer it; whether it had asked.
+    fn serve_restart_request(&mut self) -> Result<bool> {
+        if fs::remove_file(self.dir.join(RESTART_REQUEST)).is_err() {
+            return Ok(false);
+        }
+        self.answer_restart(&self.dir.join(RESTART_ANSWER))?;
+        Ok(true)
     }
 
     /// Restart containerd for the hook and write the hook's answer (`ok` or
@@ -1235,6 +1235,11 @@ fn terminate(child: &mut Child) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The files through which [`RESTART_HOOK`] asks and the harness answers,
+/// in the instance directory.
+const RESTART_REQUEST: &str = "restart.req";
+const RESTART_ANSWER: &str = "restart.done";
 
 /// The script of [`Containerd::restart_hook`]: request a restart, wait (up
 /// to 2 minutes) for the harness's answer, fail unless it is `ok`.

@@ -213,6 +213,17 @@ fn node_with_installer_image() -> Option<(Containerd, String)> {
     Some((cd, image))
 }
 
+/// The installer's pod, privileged, on the stock runtime (as the
+/// DaemonSet's runs before brisk is there).
+fn installer_pod(cd: &Containerd) -> brisk_integration::Pod {
+    cd.cri()
+        .run_pod_sandbox_with(
+            RUNC_HANDLER,
+            cd.cri().privileged_pod_config("brisk-installer"),
+        )
+        .expect("RunPodSandbox")
+}
+
 fn installer_cycle(mode: &str, handler: &str) {
     let Some((mut cd, image)) = node_with_installer_image() else {
         return;
@@ -227,13 +238,7 @@ fn installer_cycle(mode: &str, handler: &str) {
 
     // 1. The installer pod: installs, enables, restarts containerd once.
     let started = Instant::now();
-    let pod = cd
-        .cri()
-        .run_pod_sandbox_with(
-            RUNC_HANDLER,
-            cd.cri().privileged_pod_config("brisk-installer"),
-        )
-        .expect("RunPodSandbox");
+    let pod = installer_pod(&cd);
     let spec = installer_spec(&cd, &image, &probe_cgroup, mode);
     let installer = cd.cri().run_container(&pod, &spec).expect("run installer");
     let log_dir = pod.log_directory.clone();
@@ -385,13 +390,7 @@ fn installer_refuses_a_node_without_containerd_config() {
     };
     let bin_before = dir_listing(&cd.bin_dir());
     let probe_cgroup = cd.ctr_cgroup("brisk-installer-probe");
-    let pod = cd
-        .cri()
-        .run_pod_sandbox_with(
-            RUNC_HANDLER,
-            cd.cri().privileged_pod_config("brisk-installer"),
-        )
-        .expect("RunPodSandbox");
+    let pod = installer_pod(&cd);
     for (what, key, value, expect) in [
         (
             "no config",
