@@ -2,7 +2,9 @@
 # The cgroup v2 + systemd lane: the integration tests in a Debian 12 guest
 # (systemd as PID 1, cgroup v2, runc with the systemd cgroup driver) under
 # QEMU's TCG, against containerd 1.6.20 (the guest's) and 2.3.4 (built on
-# the host by scripts/build-containerd-from-source.sh, when present):
+# the host by scripts/build-containerd-from-source.sh, when present), and
+# the crun lane (lifecycle, features, cgroups with Debian's crun
+# under both shims, on 1.6.20: README, "OCI runtimes"):
 #
 #   sudo ./scripts/test-vm.sh [brisk-vm flags]     e.g. --groups lifecycle --containerd 1.6.20
 #

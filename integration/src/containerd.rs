@@ -219,14 +219,22 @@ impl Options {
     /// own, with `systemd_cgroup = true` under the systemd driver (brisk's
     /// runtime type receives no runc options, so that is how it learns
     /// it); under systemd one is written even when the test has none.
+    ///
+    /// The run's [`oci_runtime`] goes in the same way, and likewise makes a
+    /// brisk.toml where the test has none.
     pub fn effective_brisk_toml(&self) -> Option<String> {
-        match (self.driver(), &self.brisk_config_toml) {
-            (CgroupDriver::Systemd, Some(b)) => Some(with_systemd_cgroup(b)),
-            (CgroupDriver::Systemd, None) if self.brisk_config.is_none() => {
-                Some(with_systemd_cgroup(""))
+        let own = match (&self.brisk_config_toml, &self.brisk_config) {
+            (Some(b), _) => Some(b.clone()),
+            (None, None) if self.driver() == CgroupDriver::Systemd || oci_runtime().is_some() => {
+                Some(String::new())
             }
-            (_, b) => b.clone(),
-        }
+            (None, _) => None,
+        }?;
+        let own = with_oci_runtime(&own);
+        Some(match self.driver() {
+            CgroupDriver::Systemd => with_systemd_cgroup(&own),
+            CgroupDriver::Cgroupfs => own,
+        })
     }
 }
 
@@ -286,8 +294,9 @@ pub fn selected_containerd_bin(opts: &Options) -> PathBuf {
     opts.containerd_bin.clone().unwrap_or_else(containerd_bin)
 }
 
-/// The runc binary of `opts`: [`Options::runc_bin`], else `$BRISK_RUNC_BIN`;
-/// None means `runc` on PATH.
+/// The runc binary of `opts`: [`Options::runc_bin`], else `$BRISK_RUNC_BIN`,
+/// else the [`oci_runtime`] of the run found on PATH; None means `runc` on
+/// PATH.
 pub fn selected_runc_bin(opts: &Options) -> Option<PathBuf> {
     opts.runc_bin
         .clone()
@@ -295,6 +304,33 @@ pub fn selected_runc_bin(opts: &Options) -> Option<PathBuf> {
             Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
             _ => None,
         })
+        .or_else(|| oci_runtime().map(|r| sys::which(&r).unwrap_or_else(|| PathBuf::from(r))))
+}
+
+/// The OCI runtime of this run other than runc: `$BRISK_OCI_RUNTIME` (a
+/// name on PATH or a path, e.g. `crun`). With it, brisk is configured the
+/// way an operator does it, `runc_binary = "<it>"` in every brisk.toml a
+/// test does not give its own `runc_binary`; and since the stock shim and
+/// a `ctr run` without a brisk.toml call `runc`, the runtime is also linked
+/// as `runc` at the front of containerd's PATH, so a whole group runs on it.
+pub fn oci_runtime() -> Option<String> {
+    match std::env::var("BRISK_OCI_RUNTIME") {
+        Ok(r) if !r.is_empty() && r != "runc" => Some(r),
+        _ => None,
+    }
+}
+
+/// `body` with `runc_binary = "<runtime>"` in front for the run's
+/// [`oci_runtime`], unless it names a runc itself (a fault wrapper runs the
+/// runtime by the `runc` link).
+pub fn with_oci_runtime(body: &str) -> String {
+    let has = body
+        .lines()
+        .any(|l| l.trim_start().starts_with("runc_binary"));
+    match oci_runtime() {
+        Some(r) if !has => format!("runc_binary = {}\n{body}", toml_str(&r)),
+        _ => body.to_string(),
+    }
 }
 
 /// The `ctr` released with `containerd`: the one next to it, else `ctr` on PATH.
@@ -914,9 +950,13 @@ impl Containerd {
     }
 
     /// `file` in the cgroup of container `id`, in the hierarchy that has it.
+    /// crun under the systemd driver runs the container one level down, in
+    /// `<scope>/container` (the scope is delegated to it), and writes the
+    /// limits and the freezer there: that cgroup comes first where it exists.
     pub fn cgroup_file(&self, id: &str, file: &str) -> Option<PathBuf> {
         self.container_cgroup_dirs(id)
             .into_iter()
+            .flat_map(|d| [d.join("container"), d])
             .map(|d| d.join(file))
             .find(|p| p.exists())
     }

@@ -17,6 +17,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+/// `name` as the shell finds it: itself when it holds a `/`, else the
+/// first executable file of that name on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
+}
+
 /// All pids currently in /proc.
 pub fn all_pids() -> Vec<i32> {
     let mut pids = Vec::new();

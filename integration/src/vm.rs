@@ -416,6 +416,7 @@ ro9p() {{
     systemctl --version | head -n1
     containerd --version
     runc --version | head -n1
+    crun --version | head -n1
     nproc; free -m
 }} >"$R/guest-info.txt" 2>&1
 cd /tmp

@@ -62,8 +62,8 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// runc tells these only in its message. Only runc's own wording about
-    /// the container counts: "executable file not found" or a missing cwd
+    /// runc tells these only in its message. Only runc's (or crun's) own
+    /// wording about the container counts: "executable file not found" or a missing cwd
     /// in an exec are failures of that exec, not a missing container.
     pub fn of(command: &str, message: &str) -> Failure {
         let m = message.to_ascii_lowercase();
@@ -73,8 +73,15 @@ impl Failure {
             command,
             "delete" | "kill" | "state" | "ps" | "pause" | "resume" | "update" | "events"
         );
+        // crun (1.8) says "the container `ID` is not running", reports a
+        // missing container as its unreadable `status` file for every
+        // command, and a kill of an exited init as the errno of the kill.
+        let crun_not_running = m.contains("container `") && m.contains("` is not running");
+        let crun_no_state = m.contains("/status`: no such file or directory");
+        let kill_missed = command == "kill" && m.contains("no such process");
         if m.contains("container does not exist")
             || m.contains("container not found")
+            || crun_no_state
             || (state_command && m.contains("no such file or directory"))
         {
             Failure::NoSuchContainer
@@ -82,6 +89,8 @@ impl Failure {
             || m.contains("container is stopped")
             || m.contains("container is not running")
             || m.contains("cannot exec in a stopped container")
+            || crun_not_running
+            || kill_missed
         {
             Failure::NotRunning
         } else {

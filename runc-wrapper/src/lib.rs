@@ -4,6 +4,14 @@
 //! into a [`RuncError`] that carries runc's own message. The wrapper does not
 //! wait for runc by pid: an [`ExitWatch`] supplied by the caller reports the
 //! exit status, so it works inside a subreaper that reaps with `waitpid(-1)`.
+//!
+//! crun takes the same command line for every call the shim makes (global
+//! `--root`, `--systemd-cgroup`, `--log --log-format json`; `create`,
+//! `start`, `kill --all`, `delete --force`, `exec --process --detach`,
+//! `update --resources -`, `ps --format json`, `pause`, `resume`), and
+//! its JSON log has runc's `msg` and `level`. It differs in what it says
+//! when it fails, which [`Failure::of`] reads for both, and it lacks
+//! `events` ([`Runc::stats`]) and, in 1.8, `features`.
 
 mod api;
 mod error;

@@ -214,3 +214,52 @@ fn failures_are_classified_by_what_runc_says_about_the_container() {
         Failure::Other
     );
 }
+
+/// crun words the same facts its own way (crun 1.8's libcrun): the wrapper
+/// must read them alike, or Kill of an exited crun container is an error
+/// where runc's is "not running".
+#[test]
+fn crun_failures_are_classified_like_runcs() {
+    let kind = |cmd: &str, m: &str| Failure::of(cmd, m);
+    assert_eq!(
+        kind("exec", "the container `c1` is not running"),
+        Failure::NotRunning
+    );
+    assert_eq!(
+        kind(
+            "pause",
+            "the container `c1` is not running: No such process"
+        ),
+        Failure::NotRunning
+    );
+    assert_eq!(
+        kind("kill", "kill container: No such process"),
+        Failure::NotRunning
+    );
+    assert_eq!(
+        kind("kill", "open pidfd: No such process"),
+        Failure::NotRunning
+    );
+    assert_eq!(
+        kind(
+            "exec",
+            "error opening file `/run/brisk/k8s.io/c1/status`: No such file or directory"
+        ),
+        Failure::NoSuchContainer
+    );
+    assert_eq!(
+        kind(
+            "delete",
+            "error opening file `/run/crun/c1/status`: No such file or directory"
+        ),
+        Failure::NoSuchContainer
+    );
+    // An exec's own process failing is still the exec's failure.
+    assert_eq!(
+        kind(
+            "exec",
+            "executable file `nope` not found in $PATH: No such file or directory"
+        ),
+        Failure::Other
+    );
+}

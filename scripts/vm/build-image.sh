@@ -7,7 +7,7 @@
 #
 #   VM_DIR/image-<key>/rootfs.img    ext4, Debian 12 minbase: systemd as PID 1
 #                                    (cgroup v2, unified hierarchy), containerd
-#                                    1.6.20, runc, strace, procps, iproute2,
+#                                    1.6.20, runc, crun, strace, procps, iproute2,
 #                                    util-linux, dbus (runc's systemd driver)
 #   VM_DIR/image-<key>/vmlinux       Debian 12's kernel 6.1, uncompressed (under
 #                                    QEMU's TCG the kernel's own decompression
@@ -41,7 +41,7 @@ mkdir -p "$VM_DIR"
 VM_DIR=$(cd "$VM_DIR" && pwd)
 # The suite and the guest's packages.
 SUITE=bookworm
-INCLUDE=systemd,systemd-sysv,udev,dbus,kmod,iproute2,procps,util-linux,strace,containerd,runc,ca-certificates
+INCLUDE=systemd,systemd-sysv,udev,dbus,kmod,iproute2,procps,util-linux,strace,containerd,runc,crun,ca-certificates
 # Modules the initramfs loads (with their dependencies), in this order.
 INITRD_MODULES=(crc32c_generic virtio_pci virtio_blk ext4 overlay 9p 9pnet_virtio)
 IMAGE_SIZE=2G

@@ -44,7 +44,16 @@ fn runtime_handler_features_match_runc() {
         "containerd {:?}: runc handler {runc:?}, brisk handler {brisk:?}",
         cd.containerd_version
     );
-    if cd.containerd_version.0 >= 2 {
+    // crun 1.8 has no `features` command: then neither shim has anything
+    // to report, and brisk must still match the stock shim.
+    let runtime = brisk_integration::containerd::selected_runc_bin(&Default::default())
+        .unwrap_or_else(|| "runc".into());
+    let has_features = std::process::Command::new(&runtime)
+        .arg("features")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    eprintln!("{} features: {has_features}", runtime.display());
+    if cd.containerd_version.0 >= 2 && has_features {
         let runc = runc
             .flatten()
             .expect("containerd 2.x reports the runc handler's features");
