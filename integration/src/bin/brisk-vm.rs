@@ -254,15 +254,7 @@ fn run() -> Result<i32> {
                 if !want(&group) {
                     continue;
                 }
-                let mut a: Vec<String> = [
-                    "--test-threads=1",
-                    "-Z",
-                    "unstable-options",
-                    "--report-time",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+                let mut a = libtest_args();
                 a.extend(filter.iter().map(|s| s.to_string()));
                 a.extend(args.test_arg.iter().cloned());
                 let mut env = env.clone();
@@ -285,15 +277,7 @@ fn run() -> Result<i32> {
             release: GUEST_RELEASE.into(),
             name: UNIT_GROUP.into(),
             executable: exes[UNIT_GROUP].clone(),
-            args: [
-                "--test-threads=1",
-                "-Z",
-                "unstable-options",
-                "--report-time",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            args: libtest_args(),
             env: vec![("BRISK_DEB".into(), deb.to_string_lossy().into_owned())],
             timeout: group_timeout,
         });
@@ -439,6 +423,20 @@ fn run() -> Result<i32> {
     } else {
         1
     })
+}
+
+/// What every group gives libtest: one test at a time (each starts its own
+/// containerd), with the time of each test in the log.
+fn libtest_args() -> Vec<String> {
+    [
+        "--test-threads=1",
+        "-Z",
+        "unstable-options",
+        "--report-time",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 fn dir_of(p: &Path) -> PathBuf {
