@@ -168,14 +168,16 @@ pub fn cri_scope_of(id: &str) -> String {
 /// A brisk.toml `body` with `systemd_cgroup = true` in front, unless it
 /// sets the key itself (top-level keys come before any table).
 pub fn with_systemd_cgroup(body: &str) -> String {
-    let has = body
-        .lines()
-        .any(|l| l.trim_start().starts_with("systemd_cgroup"));
-    if has {
+    if sets_key(body, "systemd_cgroup") {
         body.to_string()
     } else {
         format!("systemd_cgroup = true\n{body}")
     }
+}
+
+/// Whether a brisk.toml `body` sets the top-level `key` itself.
+fn sets_key(body: &str, key: &str) -> bool {
+    body.lines().any(|l| l.trim_start().starts_with(key))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -324,11 +326,10 @@ pub fn oci_runtime() -> Option<String> {
 /// [`oci_runtime`], unless it names a runc itself (a fault wrapper runs the
 /// runtime by the `runc` link).
 pub fn with_oci_runtime(body: &str) -> String {
-    let has = body
-        .lines()
-        .any(|l| l.trim_start().starts_with("runc_binary"));
     match oci_runtime() {
-        Some(r) if !has => format!("runc_binary = {}\n{body}", toml_str(&r)),
+        Some(r) if !sets_key(body, "runc_binary") => {
+            format!("runc_binary = {}\n{body}", toml_str(&r))
+        }
         _ => body.to_string(),
     }
 }

@@ -63,8 +63,9 @@ pub enum Failure {
 
 impl Failure {
     /// runc tells these only in its message. Only runc's (or crun's) own
-    /// wording about the container counts: "executable file not found" or a missing cwd
-    /// in an exec are failures of that exec, not a missing container.
+    /// wording about the container counts: "executable file not found" or
+    /// a missing cwd in an exec are failures of that exec, not a missing
+    /// container.
     pub fn of(command: &str, message: &str) -> Failure {
         let m = message.to_ascii_lowercase();
         // runc delete/kill/state of a container whose state directory is

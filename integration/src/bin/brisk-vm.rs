@@ -89,8 +89,8 @@ struct Args {
     /// containerd releases that run the crun groups; empty for none. Only
     /// releases of --containerd count. Debian 12's crun (1.8.1) runs only
     /// specs whose ociVersion contains "1.0", which containerd 2.x's
-    /// (2.3.4: "1.3.0") do not: under 2.x every create fails with crun's "unknown
-    /// version specified", under the stock shim as under brisk.
+    /// (2.3.4: "1.3.0") do not: under 2.x every create fails with crun's
+    /// "unknown version specified", under the stock shim as under brisk.
     #[arg(long, value_delimiter = ',', default_value = "1.6.20")]
     crun_containerd: Vec<String>,
     /// Extra libtest arguments for every e2e/deploy group (e.g. a filter).
