@@ -28,6 +28,8 @@ pub const SLOW_AFTER: Duration = Duration::from_millis(500);
 /// * `CTL/slow-SUB` present: run runc, then linger [`SLOW_AFTER`] before
 ///   exiting with runc's status (runc's effect is there, its answer late).
 ///
+/// Every call is noted in `CTL/calls` ([`RuncWrapper::calls`]).
+///
 /// An empty control file applies to every container; otherwise it lists the
 /// container ids it applies to, one a line (matched against every argument). Dropping the wrapper releases
 /// every hung call.
@@ -79,6 +81,7 @@ for a in "$@"; do
 done
 for last in "$@"; do :; done
 allargs=$(printf '%s\n' "$@")
+[ -n "$sub" ] && echo "$sub $*" >> "$ctl/calls"
 applies() {{
   [ -e "$1" ] || return 1
   [ -s "$1" ] || return 0
@@ -173,6 +176,29 @@ exec '{runc}' "$@"
                 }
             }
         }
+    }
+
+    /// Every runc call the wrapper has seen, in order: its subcommand and
+    /// all its arguments (the global options, the subcommand's and the
+    /// container id: `kill` has the signal after the id).
+    pub fn calls(&self) -> Vec<(String, Vec<String>)> {
+        fs::read_to_string(self.ctl.join("calls"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace().map(str::to_string);
+                Some((words.next()?, words.collect()))
+            })
+            .collect()
+    }
+
+    /// The subcommands of the calls about container `id`, in order.
+    pub fn calls_of(&self, id: &str) -> Vec<String> {
+        let calls = self.calls();
+        let of_id = calls
+            .into_iter()
+            .filter(|(_, args)| args.iter().any(|a| a == id));
+        of_id.map(|(sub, _)| sub).collect()
     }
 
     /// (subcommand, container id) of every call that hung so far.

@@ -42,7 +42,7 @@ pub struct Process {
     pub logger: Option<crate::log_binary::BinaryLogger>,
     /// The exec's process spec, until Start runs it.
     pub spec: Option<ExecProcessSpec>,
-    /// An exec's pidfd while it runs: Kill signals through it.
+    /// The process's pidfd while it runs: Kill signals through it.
     pub handle: Option<ProcessHandle>,
     /// The exit, once its TaskExit is out (or the process is deleted).
     told: watch::Sender<Option<ExitInfo>>,

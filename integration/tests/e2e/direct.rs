@@ -228,6 +228,15 @@ impl Shim {
             .map(|_| ())
     }
 
+    pub fn pause(&self, id: &str) -> CallResult<()> {
+        let req = api::PauseRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        self.call(self.timeout, |c| async move { c.pause(ctx(), &req).await })
+            .map(|_| ())
+    }
+
     pub fn delete(&self, id: &str, exec_id: &str) -> CallResult<DeleteResponse> {
         let req = api::DeleteRequest {
             id: id.into(),

@@ -287,16 +287,31 @@ struct Victim {
 
 impl Victim {
     fn start(pod_name: &str) -> Option<Victim> {
+        Victim::start_in(pod_name, false)
+    }
+
+    /// With `shared_pid`, the pod's containers share its pid namespace.
+    fn start_in(pod_name: &str, shared_pid: bool) -> Option<Victim> {
         let cd = common::start_with(BRISK_HANDLER, common::wrapper_options())?;
         let wrapper = RuncWrapper::install(&cd.dir).expect("runc wrapper");
         let cri = cd.cri();
-        let pod = cri.run_pod_sandbox(BRISK_HANDLER, pod_name).expect("pod");
-        let keep = cri
-            .run_container(&pod, &ContainerSpec::new("keep", &["sleep", "1000"]))
-            .expect("keep");
-        let c = cri
-            .run_container(&pod, &ContainerSpec::new("c", &["sleep", "1000"]))
-            .expect("c");
+        let pod = if shared_pid {
+            let config = cri.shared_pid_pod_config(pod_name);
+            cri.run_pod_sandbox_with(BRISK_HANDLER, config)
+        } else {
+            cri.run_pod_sandbox(BRISK_HANDLER, pod_name)
+        }
+        .expect("pod");
+        let spec = |name: &str| {
+            let s = ContainerSpec::new(name, &["sleep", "1000"]);
+            if shared_pid {
+                s.share_pod_pid()
+            } else {
+                s
+            }
+        };
+        let keep = cri.run_container(&pod, &spec("keep")).expect("keep");
+        let c = cri.run_container(&pod, &spec("c")).expect("c");
         Some(Victim {
             cd,
             wrapper,
@@ -333,14 +348,22 @@ impl Victim {
 /// once, its exit status 0.5 s later): the container exits, CRI's exit
 /// handling deletes it, and the Kill call must still get its answer, so
 /// StopContainer succeeds. With the stock shim Delete waits for the Kill.
+/// In a shared-pid pod, where the shim leaves the Kill to runc (in a pod of
+/// its own it signals the init itself: `kill::`).
 #[test]
 fn stop_container_while_runc_kill_answers_late() {
-    let Some(v) = Victim::start("slowkill") else {
+    let Some(v) = Victim::start_in("slowkill", true) else {
         return;
     };
     v.wrapper.slow("kill", &[&v.c]).unwrap();
     let r = v.cd.cri().stop_container(&v.c, 0);
     v.ensure("StopContainer with a slow runc kill", r);
+    let calls = v.wrapper.calls_of(&v.c);
+    assert!(
+        calls.iter().any(|sub| sub == "kill"),
+        "runc kill of {} never ran: {calls:?}",
+        v.c
+    );
     v.finish(137);
 }
 

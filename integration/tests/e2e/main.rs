@@ -12,6 +12,7 @@ mod direct;
 mod exiting;
 mod fds;
 mod features;
+mod kill;
 mod lifecycle;
 mod lock;
 mod log_uri;

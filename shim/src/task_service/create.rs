@@ -168,12 +168,14 @@ impl TaskService {
         let oom = cgroup
             .as_ref()
             .and_then(|cg| self.watch_oom(id.clone(), cg));
+        // The handle lets Kill signal the init without a runc process.
+        let (exit, handle) = self.inner.reaper.watch_with_handle(pid, since);
         {
             let mut g = crate::container::lock(&container);
             g.oom = oom;
             g.cgroup = cgroup;
+            g.init.handle = handle;
         }
-        let exit = self.inner.reaper.watch(pid, since);
         self.watch_exit(container, String::new(), exit);
         self.inner.events.send(
             topics::TASK_CREATE_EVENT_TOPIC,

@@ -1,5 +1,13 @@
-//! Kill: a signal to a container's init (through `runc kill`, which with
-//! `all` reaches every process of the container) or to one exec.
+//! Kill: a signal to a container's init or to one exec.
+//!
+//! The init is signalled through its pidfd where that does what `runc kill`
+//! would: one process, in its own pid namespace, not frozen. That saves a
+//! runc process (about 10 ms of fork, exec and Go start-up) on every
+//! StopContainer and StopPodSandbox. `runc kill` stays for the rest: `all`
+//! (every process of the cgroup), a shared pid namespace (runc kills the
+//! whole cgroup on SIGKILL there, since the init's death takes nobody with
+//! it) and a paused container (runc thaws it after a SIGKILL, without
+//! which a cgroup v1 frozen task never dies).
 
 use runc_wrapper::RuncApi;
 use tracing::{debug, info};
@@ -8,7 +16,8 @@ use super::{runc_call::CallInFlight, TaskService};
 use crate::{
     container::{self, Container},
     error::{Result, ShimError},
-    process_handle::Delivery,
+    process_handle::{Delivery, ProcessHandle},
+    process_state::ProcessState,
 };
 
 impl TaskService {
@@ -24,6 +33,9 @@ impl TaskService {
                 return Err(ShimError::Exiting(format!(
                     "{id}: process already finished"
                 )));
+            }
+            if let Some(handle) = direct_signal_target(&g, all) {
+                return signal_through(handle, &g.id, "", signal);
             }
             let call = CallInFlight::begin(&c, &mut g)?;
             (g.runc.clone(), call)
@@ -62,14 +74,28 @@ fn signal_exec(g: &Container, exec_id: &str, signal: u32) -> Result<()> {
         debug!(id = g.id, exec_id, "kill of an exec that exited already");
         return Ok(());
     };
-    match handle.signal(signal as i32).map_err(|e| match e.kind() {
+    signal_through(handle, &g.id, exec_id, signal)
+}
+
+/// The init's pidfd, when a signal through it is all `runc kill` would do
+/// (see the module's doc). None sends the Kill to runc.
+fn direct_signal_target(g: &Container, all: bool) -> Option<&ProcessHandle> {
+    let plain = !all && !g.shares_pid_ns && g.init.state != ProcessState::Paused;
+    g.init.handle.as_ref().filter(|_| plain)
+}
+
+/// Signals one process through its pidfd. A process that is gone (its exit
+/// is on its way) counts as signalled, as a kill that crossed the exit.
+fn signal_through(handle: &ProcessHandle, id: &str, exec_id: &str, signal: u32) -> Result<()> {
+    let delivery = handle.signal(signal as i32).map_err(|e| match e.kind() {
         std::io::ErrorKind::InvalidInput => {
             ShimError::InvalidArgument(format!("invalid signal {signal}"))
         }
-        _ => ShimError::io(format!("kill exec {exec_id}"), e),
-    })? {
-        Delivery::Delivered => {}
-        Delivery::Gone => debug!(id = g.id, exec_id, "kill of an exec that exited already"),
+        _ => ShimError::io(format!("kill {id} {exec_id}"), e),
+    })?;
+    match delivery {
+        Delivery::Delivered => debug!(id, exec_id, signal, "signalled through the pidfd"),
+        Delivery::Gone => debug!(id, exec_id, "kill of a process that exited already"),
     }
     Ok(())
 }
