@@ -32,7 +32,13 @@ vm_lane_unavailable() {
     return 1
 }
 
-echo "== cargo build --release --workspace"
+# Each stage's heading says when it began (since the start of the run), so a
+# slow CI run shows where its time went.
+stage() {
+    printf '== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"
+}
+
+stage "cargo build --release --workspace"
 cargo build --release --workspace
 
 # The containerd/runc releases of the compatibility matrix (cached in
@@ -44,33 +50,33 @@ cargo build --release --workspace
 matrix=1
 [[ $(id -u) -eq 0 && -z ${BRISK_SKIP_MATRIX:-} && -z ${BRISK_SKIP_INTEGRATION:-} ]] || matrix=0
 if ((matrix)); then
-    echo "== scripts/fetch-containerd-versions.sh"
+    stage "scripts/fetch-containerd-versions.sh"
     export BRISK_CONTAINERD_VERSIONS_DIR=${BRISK_CONTAINERD_VERSIONS_DIR:-$ROOT/target/containerd-versions}
     "$ROOT/scripts/fetch-containerd-versions.sh" "$BRISK_CONTAINERD_VERSIONS_DIR"
-    echo "== scripts/build-containerd-from-source.sh"
+    stage "scripts/build-containerd-from-source.sh"
     "$ROOT/scripts/build-containerd-from-source.sh" "$BRISK_CONTAINERD_VERSIONS_DIR"
     export BRISK_REQUIRE_CONTAINERD_VERSIONS=1
 fi
 
-echo "== cargo test --workspace --release"
+stage "cargo test --workspace --release"
 status=0
 cargo test --workspace --release --no-fail-fast "$@" || status=$?
 
 # With extra arguments (a filtered run) only the suite runs.
 if (($# == 0)) && [[ $(id -u) -eq 0 && -z ${BRISK_SKIP_INTEGRATION:-} ]]; then
     if [[ -z ${BRISK_SKIP_DEB:-} ]]; then
-        echo "== scripts/test-deb.sh (build, dpkg -i, check, dpkg --purge)"
+        stage "scripts/test-deb.sh (build, dpkg -i, check, dpkg --purge)"
         "$ROOT/scripts/test-deb.sh" || status=1
     fi
     if ((matrix)); then
-        echo "== scripts/test-matrix.sh --skip-default (containerd 1.6/1.7/2.1/2.2/2.3 x runc 1.1/1.3)"
+        stage "scripts/test-matrix.sh --skip-default (containerd 1.6/1.7/2.1/2.2/2.3 with runc 1.1/1.3, pairwise)"
         "$ROOT/scripts/test-matrix.sh" --skip-default || status=1
     fi
     if [[ -z ${BRISK_SKIP_VM:-} ]]; then
         if why=$(vm_lane_unavailable); then
-            echo "== VM lane (cgroup v2 + systemd) SKIPPED: $why"
+            stage "VM lane (cgroup v2 + systemd) SKIPPED: $why"
         else
-            echo "== scripts/test-vm.sh (cgroup v2 + systemd guest, containerd 1.6.20 and 2.3.4)"
+            stage "scripts/test-vm.sh (cgroup v2 + systemd guest, containerd 1.6.20 and 2.3.4)"
             "$ROOT/scripts/test-vm.sh" || status=1
         fi
     fi
@@ -99,4 +105,5 @@ if [[ -d /sys/fs/cgroup ]]; then
         [[ -e $d ]] && ! owner_alive "$d" && { echo "test.sh: cgroup left behind: $d" >&2; status=1; }
     done
 fi
+stage "done: status $status"
 exit "$status"
