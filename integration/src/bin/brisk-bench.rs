@@ -12,6 +12,9 @@
 //! * the pod cycle: RunPodSandbox -> StopPodSandbox -> RemovePodSandbox;
 //! * ListContainers p50 and p99 with 100 running containers across 10 pods
 //!   of one handler (`--list-pods`, `--list-per-pod`; 0 skips it).
+//! * the runc processes each shim starts for one container cycle and one
+//!   pod cycle, counted by a logging runc wrapper on a second containerd
+//!   (its shell start-up would skew the times, so nothing is timed there).
 //!
 //! usage: brisk-bench [--iterations N] [--containers N] [--handlers runc,brisk]
 
@@ -19,10 +22,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use brisk_integration::cri::ContainerState;
+use brisk_integration::fault::RuncWrapper;
 use brisk_integration::report::{self, Handlers};
 use brisk_integration::scenario::{handler_shims, quantile};
-use brisk_integration::{sys, ContainerSpec, Containerd, Pod};
+use brisk_integration::{sys, ContainerSpec, Containerd, Options, Pod};
 use clap::Parser;
+use std::os::unix::fs::DirBuilderExt;
 
 /// The stock runc shim against brisk on one private containerd: shim RSS,
 /// PSS and threads per pod, container and pod cycle times, ListContainers
@@ -89,6 +94,59 @@ struct Result1 {
     exited_ms: Vec<f64>,
     pod_ms: Vec<f64>,
     list_ms: Vec<f64>,
+    /// runc processes started for one container cycle, one pod cycle.
+    runc_per_cycle: RuncCalls,
+    runc_per_pod: RuncCalls,
+}
+
+/// The runc subcommands of one cycle, in order.
+#[derive(Default, Clone)]
+struct RuncCalls(Vec<String>);
+
+/// Counts the runc processes of one container cycle and one pod cycle of
+/// each handler, through [`RuncWrapper`] given to both shims as their runc.
+fn count_runc_calls(handlers: &[String], results: &mut [Result1]) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("brisk-bench-runc-{}", std::process::id()));
+    // A fresh directory only root can enter: create fails on anything that
+    // is there already (a symlink included).
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("create {}", dir.display()))?;
+    let counted = (|| {
+        let wrapper = RuncWrapper::install(&dir)?;
+        let cd = Containerd::start_with(Options {
+            runc_bin: Some(wrapper.path.clone()),
+            ..Default::default()
+        })
+        .context("start the counting containerd")?;
+        for (h, r) in handlers.iter().zip(results.iter_mut()) {
+            let pod = cd.cri().run_pod_sandbox(h, &format!("count-{h}"))?;
+            one_cycle(&cd, &pod, 0)?;
+            let id = counted_cycle(&cd, &pod)?;
+            r.runc_per_cycle = RuncCalls(wrapper.calls_of(&id));
+            cd.cri().stop_pod(&pod.id)?;
+            cd.cri().remove_pod(&pod.id)?;
+            let pod = cd.cri().run_pod_sandbox(h, &format!("count-pod-{h}"))?;
+            cd.cri().stop_pod(&pod.id)?;
+            cd.cri().remove_pod(&pod.id)?;
+            r.runc_per_pod = RuncCalls(wrapper.calls_of(&pod.id));
+        }
+        cd.wait_no_leaks(Duration::from_secs(30))?;
+        cd.finish_checked()
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    counted
+}
+
+/// A container cycle as [`one_cycle`] runs it, returning the container's id.
+fn counted_cycle(cd: &Containerd, pod: &Pod) -> Result<String> {
+    let cri = cd.cri();
+    let id = cri.create_container(pod, &ContainerSpec::sh("counted", "exit 0"))?;
+    cri.start_container(&id)?;
+    cri.wait_for_exited(&id, Duration::from_secs(60))?;
+    cri.remove_container(&id)?;
+    Ok(id)
 }
 
 /// One footprint sample of the shims serving a pod.
@@ -292,6 +350,8 @@ fn run(args: &Args) -> Result<()> {
     cd.wait_no_leaks(Duration::from_secs(30))?;
     let v = cd.cri().version()?;
     cd.finish_checked()?;
+    eprintln!("counting the runc processes of a container cycle and a pod cycle ...");
+    count_runc_calls(&args.handlers, &mut results)?;
 
     println!(
         "\ncontainerd {}, {} iterations, {} CPUs\n",
@@ -345,6 +405,16 @@ fn run(args: &Args) -> Result<()> {
         |r| &r.list_ms,
         2,
     ));
+    rows.push((
+        "runc processes per container cycle".into(),
+        Box::new(|r: &Result1| r.runc_per_cycle.0.len() as f64),
+        0,
+    ));
+    rows.push((
+        "runc processes per pod cycle".into(),
+        Box::new(|r: &Result1| r.runc_per_pod.0.len() as f64),
+        0,
+    ));
     let [header, separator] = report::comparison_header("metric", &args.handlers);
     println!("{header}\n{separator}");
     for (name, f, prec) in rows {
@@ -355,6 +425,14 @@ fn run(args: &Args) -> Result<()> {
             cells.push(report::ratio(a, b, 2));
         }
         println!("{}", report::row(cells));
+    }
+    println!();
+    for (h, r) in args.handlers.iter().zip(&results) {
+        println!(
+            "runc calls of {h}: container cycle {}; pod cycle {}",
+            r.runc_per_cycle.0.join(" "),
+            r.runc_per_pod.0.join(" ")
+        );
     }
     Ok(())
 }
