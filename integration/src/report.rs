@@ -70,6 +70,14 @@ pub fn require_shim_built<'a>(handlers: impl IntoIterator<Item = &'a str>) -> Re
     Ok(())
 }
 
+/// The machine's load average over 1, 5 and 15 minutes, as a report
+/// prints it beside figures taken on a noisy 2-core machine.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 /// A handler as a report names it: the stock shim is `runc (stock)`.
 pub fn label(handler: &str) -> &str {
     if handler == RUNC_HANDLER {

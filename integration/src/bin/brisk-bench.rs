@@ -10,6 +10,8 @@
 //!   the time from StartContainer returning to EXITED seen (the container's
 //!   `exit 0` takes about a millisecond, so this is exit -> EXITED);
 //! * the pod cycle: RunPodSandbox -> StopPodSandbox -> RemovePodSandbox;
+//! * a shim's start on its own: `SHIM ... start` in a bundle, as containerd
+//!   runs it, to the started shim's first ttrpc answer (Connect);
 //! * ListContainers p50 and p99 with 100 running containers across 10 pods
 //!   of one handler (`--list-pods`, `--list-per-pod`; 0 skips it).
 //! * the runc processes each shim starts for one container cycle and one
@@ -18,16 +20,22 @@
 //!
 //! usage: brisk-bench [--iterations N] [--containers N] [--handlers runc,brisk]
 
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use brisk_integration::cri::ContainerState;
 use brisk_integration::fault::RuncWrapper;
 use brisk_integration::report::{self, Handlers};
 use brisk_integration::scenario::{handler_shims, quantile};
-use brisk_integration::{sys, ContainerSpec, Containerd, Options, Pod};
+use brisk_integration::{sys, ContainerSpec, Containerd, Options, Pod, BRISK_HANDLER};
 use clap::Parser;
-use std::os::unix::fs::DirBuilderExt;
+use containerd_shim_protos::api::{ConnectRequest, ShutdownRequest};
+use containerd_shim_protos::shim_async::{Client, TaskClient};
+use containerd_shim_protos::ttrpc;
 
 /// The stock runc shim against brisk on one private containerd: shim RSS,
 /// PSS and threads per pod, container and pod cycle times, ListContainers
@@ -93,6 +101,7 @@ struct Result1 {
     cycle_ms: Vec<f64>,
     exited_ms: Vec<f64>,
     pod_ms: Vec<f64>,
+    shim_start_ms: Vec<f64>,
     list_ms: Vec<f64>,
     /// runc processes started for one container cycle, one pod cycle.
     runc_per_cycle: RuncCalls,
@@ -239,6 +248,102 @@ fn one_pod_cycle(cd: &Containerd, handler: &str, i: usize) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64() * 1000.0)
 }
 
+/// The shim binary of `handler`: brisk's, or the stock one that comes with
+/// the containerd run.
+fn shim_bin(cd: &Containerd, handler: &str) -> PathBuf {
+    if handler == BRISK_HANDLER {
+        cd.brisk_bin.clone()
+    } else {
+        cd.containerd_bin
+            .parent()
+            .unwrap_or(Path::new("/usr/bin"))
+            .join("containerd-shim-runc-v2")
+    }
+}
+
+/// A fifo at `path`, and its read end (non-blocking), as containerd makes
+/// the `log` of a bundle before it starts a shim: the stock shim opens it
+/// for writing and fails if it is not there.
+fn log_fifo(path: &Path) -> Result<std::fs::File> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `c` is a NUL-terminated path that lives across the call.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("mkfifo {}", path.display()));
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))
+}
+
+/// One shim start as containerd 1.6-2.2 does it (`SHIM -namespace NS
+/// -address A -publish-binary containerd -id ID start` in a bundle whose
+/// spec it reads), timed until the started shim answers Connect on the
+/// address it printed; ms. The shim is then shut down and waited for.
+fn one_shim_start(
+    cd: &Containerd,
+    rt: &tokio::runtime::Runtime,
+    handler: &str,
+    work: &Path,
+    i: usize,
+) -> Result<f64> {
+    let id = format!("start-{handler}-{i}");
+    let bundle = work.join(&id);
+    std::fs::DirBuilder::new().mode(0o700).create(&bundle)?;
+    std::fs::write(bundle.join("config.json"), r#"{"ociVersion":"1.0.2"}"#)?;
+    let _log = log_fifo(&bundle.join("log"))?;
+    let t0 = Instant::now();
+    let out = sys::run_with_timeout(
+        Command::new(shim_bin(cd, handler))
+            .args(["-namespace", &cd.tag, "-address", &cd.address()])
+            .arg("-publish-binary")
+            .arg(&cd.containerd_bin)
+            .args(["-id", &id, "start"])
+            .env("TTRPC_ADDRESS", format!("{}.ttrpc", cd.address()))
+            .current_dir(&bundle),
+        Duration::from_secs(20),
+    )?;
+    let address = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || address.is_empty() {
+        bail!(
+            "{handler} shim start failed ({}): {address} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    cd.track_socket(Path::new(address.trim_start_matches("unix://")));
+    let ctx = || ttrpc::context::with_timeout(Duration::from_secs(10).as_nanos() as i64);
+    let (ms, shim_pid) = rt.block_on(async {
+        let client = Client::connect(&address)
+            .await
+            .map_err(|e| anyhow!("connect {address}: {e}"))?;
+        let task = TaskClient::new(client);
+        let req = ConnectRequest {
+            id: id.clone(),
+            ..Default::default()
+        };
+        let r = task
+            .connect(ctx(), &req)
+            .await
+            .map_err(|e| anyhow!("Connect to the {handler} shim: {e}"))?;
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let req = ShutdownRequest {
+            id: id.clone(),
+            now: true,
+            ..Default::default()
+        };
+        // The shim may exit before its answer is read: its exit is what counts.
+        let _ = task.shutdown(ctx(), &req).await;
+        anyhow::Ok((ms, r.shim_pid as i32))
+    })?;
+    if !sys::wait_gone(&[shim_pid], Duration::from_secs(10)) {
+        bail!("{handler} shim {shim_pid} still runs after Shutdown");
+    }
+    std::fs::remove_dir_all(&bundle).with_context(|| format!("remove {}", bundle.display()))?;
+    Ok(ms)
+}
+
 /// Indices `0..n`, reversed in odd iterations `i`: which handler goes
 /// first alternates.
 fn alternating(i: usize, n: usize) -> impl Iterator<Item = usize> {
@@ -296,6 +401,7 @@ fn quantile_rows(
 
 fn run(args: &Args) -> Result<()> {
     report::require_shim_built(args.handlers.iter().map(String::as_str))?;
+    let load_before = report::loadavg();
     let cd = Containerd::start().context("start private containerd")?;
     let mut results: Vec<Result1> = vec![Result1::default(); args.handlers.len()];
 
@@ -338,6 +444,21 @@ fn run(args: &Args) -> Result<()> {
             results[k].pod_ms.push(ms);
         }
     }
+    eprintln!("measuring {} shim starts per handler ...", args.iterations);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let work = cd.dir.join("shim-start");
+    std::fs::DirBuilder::new().mode(0o700).create(&work)?;
+    for h in &args.handlers {
+        one_shim_start(&cd, &rt, h, &work, 0)?;
+    }
+    for i in 1..=args.iterations {
+        for k in alternating(i, args.handlers.len()) {
+            let ms = one_shim_start(&cd, &rt, &args.handlers[k], &work, i)?;
+            results[k].shim_start_ms.push(ms);
+        }
+    }
     if args.list_pods > 0 {
         for (h, r) in args.handlers.iter().zip(results.iter_mut()) {
             eprintln!(
@@ -354,12 +475,13 @@ fn run(args: &Args) -> Result<()> {
     count_runc_calls(&args.handlers, &mut results)?;
 
     println!(
-        "\ncontainerd {}, {} iterations, {} CPUs\n",
+        "\ncontainerd {}, {} iterations, {} CPUs; load average (1, 5, 15 min) {load_before} before, {} after\n",
         v.runtime_version,
         args.iterations,
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(0)
+            .unwrap_or(0),
+        report::loadavg()
     );
     let n = args.containers;
     let listed = args.list_pods * args.list_per_pod;
@@ -397,6 +519,12 @@ fn run(args: &Args) -> Result<()> {
         "pod run→stop→remove, p50 (ms)".into(),
         "pod run→stop→remove, p99 (ms)".into(),
         |r| &r.pod_ms,
+        1,
+    ));
+    rows.extend(quantile_rows(
+        "shim start→first answer (Connect), p50 (ms)".into(),
+        "shim start→first answer (Connect), p99 (ms)".into(),
+        |r| &r.shim_start_ms,
         1,
     ));
     rows.extend(quantile_rows(

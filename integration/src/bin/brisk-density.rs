@@ -98,12 +98,6 @@ fn activity(pid: i32) -> Activity {
     a
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 /// Starts `n` pods of one sleep container each, `parallel` at a time.
 fn start_pods(cd: &Containerd, handler: &str, n: usize, parallel: usize) -> Result<Vec<Pod>> {
     let next = AtomicUsize::new(0);
@@ -141,7 +135,7 @@ fn start_pods(cd: &Containerd, handler: &str, n: usize, parallel: usize) -> Resu
 }
 
 fn measure(cd: &Containerd, handler: &str, args: &Args) -> Result<Density> {
-    let load_before = loadavg();
+    let load_before = report::loadavg();
     let t = Instant::now();
     let pods = start_pods(cd, handler, args.pods, args.parallel)?;
     let start_secs = t.elapsed().as_secs_f64();
@@ -170,7 +164,7 @@ fn measure(cd: &Containerd, handler: &str, args: &Args) -> Result<Density> {
         pss_kib,
         containerd_rss_kib,
         idle_secs,
-        load: format!("{load_before} → {}", loadavg()),
+        load: format!("{load_before} → {}", report::loadavg()),
         ..Default::default()
     };
     // SAFETY: sysconf has no preconditions.
