@@ -582,8 +582,8 @@ fn bad_kill_unknown_id() {
         expect_err(
             "Kill with an invalid signal",
             f.shim.kill(&f.keeper, "", 12345),
-            Code::UNKNOWN,
-            &["runc kill failed"],
+            Code::INVALID_ARGUMENT,
+            &["invalid signal 12345"],
         );
     });
 }

@@ -24,6 +24,7 @@ impl TaskService {
     pub(super) async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let c = self.container(id)?;
         info!(id, exec_id, signal, all, "kill");
+        check_signal(signal)?;
         if !exec_id.is_empty() {
             return signal_exec(&container::lock(&c), exec_id, signal);
         }
@@ -49,6 +50,22 @@ impl TaskService {
         .await?;
         Ok(())
     }
+}
+
+/// The highest signal number of Linux (`_NSIG`); 0 only checks that the
+/// process exists, as with kill(2).
+const MAX_SIGNAL: u32 = 64;
+
+/// Refuses a signal no kernel has, before the Kill picks its way: the
+/// pidfd and `runc kill` would fail it with different words, and an
+/// operator should read the caller's mistake, not a runc failure.
+fn check_signal(signal: u32) -> Result<()> {
+    if signal > MAX_SIGNAL {
+        return Err(ShimError::InvalidArgument(format!(
+            "invalid signal {signal}: Linux signals are 1 to {MAX_SIGNAL}"
+        )));
+    }
+    Ok(())
 }
 
 /// Signals an exec through its pidfd, so that the signal reaches that

@@ -247,3 +247,23 @@ async fn a_panic_in_one_request_does_not_take_down_the_shim() {
     .await
     .unwrap();
 }
+
+/// A signal no kernel has is the caller's error, named as such, whichever
+/// way the Kill would go (pidfd or `runc kill`), and it starts no runc.
+#[tokio::test]
+async fn kill_with_an_invalid_signal_is_an_invalid_argument() {
+    let shim = Shim::new();
+    let req = shim.request_with_spec("c1", super::POD_PID_NS);
+    shim.svc.create(&req).await.unwrap();
+    shim.svc.start_init("c1").await.unwrap();
+    for all in [false, true] {
+        let e = shim.svc.kill("c1", "", 12345, all).await.unwrap_err();
+        assert_eq!(code(&e), Code::INVALID_ARGUMENT, "{e}");
+        assert!(e.to_string().contains("invalid signal 12345"), "{e}");
+    }
+    assert_eq!(shim.runc().calls("kill", "c1"), 0);
+    assert_eq!(shim.runc().calls("kill --all", "c1"), 0);
+    // The container goes on: a valid signal still reaches runc.
+    shim.svc.kill("c1", "", 15, false).await.unwrap();
+    assert_eq!(shim.runc().calls("kill", "c1"), 1);
+}
