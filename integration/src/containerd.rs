@@ -209,6 +209,9 @@ pub struct Options {
     /// More environment for containerd (and so its shims), e.g. the
     /// `OTEL_*` variables that turn on its tracing plugin.
     pub env: Vec<(String, String)>,
+    /// containerd's root on a tmpfs of this many MiB, so a test can fill
+    /// it up (the chaos soak's full disk) without touching the host's.
+    pub root_tmpfs_mib: Option<u64>,
 }
 
 impl Options {
@@ -271,6 +274,8 @@ pub struct Containerd {
     sockets: Mutex<BTreeSet<PathBuf>>,
     ids: Mutex<BTreeSet<(String, String)>>,
     ctr_images: Mutex<bool>,
+    /// containerd's root is a tmpfs of ours ([`Options::root_tmpfs_mib`]).
+    root_tmpfs: bool,
     torn_down: bool,
     _serial: MutexGuard<'static, ()>,
 }
@@ -597,10 +602,16 @@ impl Containerd {
             sockets: Mutex::new(BTreeSet::new()),
             ids: Mutex::new(BTreeSet::new()),
             ctr_images: Mutex::new(false),
+            root_tmpfs: opts.root_tmpfs_mib.is_some(),
             torn_down: false,
             _serial: serial,
         };
 
+        if let Some(mib) = opts.root_tmpfs_mib {
+            // After `me` exists, so that its teardown unmounts it.
+            sys::mount_tmpfs(&me.dir.join("root"), mib)
+                .context("mount a tmpfs as containerd's root")?;
+        }
         fs::File::create(&log_path)?;
         me.launch()?;
         let k8s = me.ctr_in("k8s.io");
@@ -694,10 +705,9 @@ impl Containerd {
             }
         }
         self.wait_notified_ready(Duration::from_secs(30))?;
+        let mut cri = cri;
         if let Some(old) = self.cri.take() {
-            let carried =
-                std::mem::take(&mut *old.tracked().lock().unwrap_or_else(|e| e.into_inner()));
-            *cri.tracked().lock().unwrap_or_else(|e| e.into_inner()) = carried;
+            cri.adopt_tracked(&old);
         }
         self.cri = Some(cri);
         Ok(())
@@ -758,6 +768,22 @@ impl Containerd {
         };
         terminate(&mut child);
         Ok(())
+    }
+
+    /// SIGKILL containerd, as the OOM killer or a crash ends it: no
+    /// shutdown of its own. Its shims, root and state stay.
+    pub fn kill(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            bail!("containerd is not running");
+        };
+        let _ = child.kill();
+        child.wait().context("wait for the killed containerd")?;
+        Ok(())
+    }
+
+    /// Whether containerd runs now (false between a stop and the next start).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Start containerd again after [`Containerd::stop`], with the same root,
@@ -1087,6 +1113,9 @@ impl Containerd {
         let root = self.dir.join("root");
         let state = self.dir.join("state");
         for m in sys::mounts() {
+            if self.root_tmpfs && m.mount_point == root {
+                continue;
+            }
             if m.mount_point.starts_with(&root) || m.mount_point.starts_with(&state) {
                 out.push(format!(
                     "mount left: {} ({})",
@@ -1180,6 +1209,11 @@ impl Containerd {
             if !terminate(&mut child) {
                 errors.push("containerd ignored SIGTERM for 10 s; SIGKILL".into());
             }
+        }
+        if self.root_tmpfs {
+            // Ours, not a leak; what is still mounted below it is one, and
+            // keeps it busy for the cleanup below to report.
+            let _ = sys::umount(&self.dir.join("root"));
         }
         let sockets = self.known_sockets();
         let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -241,6 +241,14 @@ impl Cri {
         self.tracked.clone()
     }
 
+    /// Share `other`'s record of created IDs: what either client creates is
+    /// then removed by the teardown, whichever client made it. A second
+    /// client that outlives containerd restarts (the chaos soak's) and the
+    /// client each restart makes keep one record this way.
+    pub fn adopt_tracked(&mut self, other: &Cri) {
+        self.tracked = other.tracked.clone();
+    }
+
     pub fn cgroup_parent(&self) -> &str {
         &self.cgroup_parent
     }

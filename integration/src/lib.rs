@@ -2,6 +2,7 @@
 //! per test ([`Containerd`]), a blocking CRI v1 client ([`cri::Cri`]), a `ctr`
 //! driver ([`ctr::Ctr`]) and host inspection helpers ([`sys`]) for leak checks.
 
+pub mod chaos;
 pub mod containerd;
 pub mod cri;
 pub mod ctr;

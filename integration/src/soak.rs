@@ -96,7 +96,7 @@ fn fd_count(pid: i32) -> usize {
 }
 
 /// Zombie processes whose parent is one of `parents`.
-fn zombies_of(parents: &BTreeSet<i32>) -> Vec<String> {
+pub fn zombies_of(parents: &BTreeSet<i32>) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

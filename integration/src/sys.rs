@@ -278,6 +278,38 @@ pub fn umount_all_under(dir: &Path) -> Vec<String> {
     errors
 }
 
+/// Mount a tmpfs of `mib` MiB at `at` (mode 0711, nosuid, nodev).
+pub fn mount_tmpfs(at: &Path, mib: u64) -> std::io::Result<()> {
+    let target = CString::new(at.as_os_str().as_bytes())?;
+    let data = CString::new(format!("size={mib}m,mode=0711"))?;
+    // SAFETY: mount(2) with valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            c"brisk-it-tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Unmount `at` (not lazily: a busy mount stays and says so).
+pub fn umount(at: &Path) -> std::io::Result<()> {
+    let target = CString::new(at.as_os_str().as_bytes())?;
+    // SAFETY: umount2 with a valid NUL-terminated path.
+    if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Remove a directory tree without crossing into other filesystems (a mount
 /// left below it is never descended into).
 pub fn remove_tree_same_fs(dir: &Path) -> Result<()> {

@@ -41,6 +41,11 @@ pub use types::{
 /// Calls slower than this are logged at warning level with their duration.
 const SLOW_CALL: Duration = Duration::from_secs(1);
 
+/// How long a runc killed at its timeout is waited for. SIGKILL ends it at
+/// once unless it is stuck in the kernel (a D state on a hung filesystem),
+/// and then no wait would do.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
 /// Told of every runc call that ran: its command, how long it took, and
 /// whether it timed out (and was killed).
 pub type Observer = fn(command: &str, took: Duration, timed_out: bool);
@@ -351,6 +356,9 @@ impl Runc {
             .transpose()
             .map_err(|e| io_err("stderr pipe", e))?;
 
+        // Kept beside the work: a runc killed at its timeout is waited for.
+        let mut exited = std::pin::pin!(exited);
+        let exit_of_work = exited.as_mut();
         let work = async move {
             let feed = async {
                 if let Some((pipe, data)) = stdin {
@@ -360,10 +368,11 @@ impl Runc {
                 Ok::<_, std::io::Error>(())
             };
             let (fed, out, err, status) =
-                tokio::join!(feed, read_all(stdout), read_all(stderr), exited);
+                tokio::join!(feed, read_all(stdout), read_all(stderr), exit_of_work);
             (fed, out, err, status)
         };
-        let (fed, out, err, status) = match tokio::time::timeout(self.timeout, work).await {
+        let outcome = tokio::time::timeout(self.timeout, work).await;
+        let (fed, out, err, status) = match outcome {
             Ok(done) => done,
             Err(_) => {
                 // Through the pidfd: runc may have exited and been reaped
@@ -372,7 +381,14 @@ impl Runc {
                     Some(fd) => {
                         let _ =
                             rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
-                        warn!(command, pid, after = ?self.timeout, "runc call timed out, killed it");
+                        // Until it is gone, a killed `runc create` may still
+                        // be making the container's state and cgroups, and
+                        // the caller's cleanup (`runc delete --force`) would
+                        // run beside it and miss them.
+                        let gone = tokio::time::timeout(KILL_WAIT, exited.as_mut())
+                            .await
+                            .is_ok();
+                        warn!(command, pid, after = ?self.timeout, gone, "runc call timed out, killed it");
                     }
                     None => {
                         warn!(command, pid, after = ?self.timeout, "runc call timed out; no pidfd to kill it by, left running")

@@ -69,6 +69,36 @@ async fn timeout_kills_runc() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// A runc killed at its timeout is gone when the call returns: the
+/// caller's cleanup (`runc delete --force` after a failed create) must not
+/// run beside a `runc create` still making the container's state.
+#[tokio::test]
+async fn a_runc_killed_at_its_timeout_is_gone_when_the_call_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let r = runc(
+        dir.path(),
+        &format!("echo $$ > {}; exec sleep 30", pid_file.display()),
+    )
+    .with_timeout(Duration::from_millis(300));
+    let err = r.resume("c").await.unwrap_err();
+    assert!(matches!(err, RuncError::Timeout { .. }), "{err}");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    // Gone, or a zombie waiting for its reaper: not running any more.
+    let state = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .next();
+    assert!(
+        state.is_none() || state == Some("Z"),
+        "runc {} still runs after its timeout: {stat}",
+        pid.trim()
+    );
+}
+
 #[tokio::test]
 async fn update_sends_resources_on_stdin() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,10 @@
 //! it reaches that process or nobody: once the process is reaped its pid
 //! may be reused by anything on the node, and `kill(pid)` would hit that.
 
-use std::{io, os::fd::OwnedFd};
+use std::{
+    io,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+};
 
 use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 
@@ -19,6 +22,12 @@ pub enum Delivery {
     Delivered,
     /// The process has exited (maybe not reaped yet): nothing was signalled.
     Gone,
+}
+
+impl AsFd for ProcessHandle {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 impl ProcessHandle {

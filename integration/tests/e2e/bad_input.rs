@@ -290,6 +290,77 @@ fn bad_runc_create_fails() {
     });
 }
 
+/// A `runc create` killed at the shim's runc timeout after it made the
+/// container's cgroups and state directory, before it wrote the state (as
+/// runc is, midway, on a loaded node): the failed Create leaves neither.
+/// `runc delete --force` removes only the state directory of a container
+/// runc has no state of; the cgroups are the shim's to sweep.
+#[test]
+fn bad_runc_create_killed_midway_leaves_no_cgroups() {
+    on_fixture("createkilled", |f| {
+        let c = NewContainer::new(f, "createkilled");
+        let cg = f.cd.ctr_cgroup(&c.id);
+        let script = f.cd.dir.join("partial-runc");
+        let body = format!(
+            r#"#!/bin/sh
+root=; prev=; create=
+for a in "$@"; do
+  [ "$prev" = "--root" ] && root=$a
+  [ "$a" = create ] && create=1
+  prev=$a
+done
+if [ -n "$create" ]; then
+  if [ -e /sys/fs/cgroup/cgroup.controllers ]; then
+    mkdir -p "/sys/fs/cgroup{cg}"
+  else
+    for h in /sys/fs/cgroup/*; do
+      [ -L "$h" ] || mkdir -p "$h{cg}" 2>/dev/null
+    done
+  fi
+  mkdir -p "$root/{id}"
+  exec sleep 60
+fi
+exec '{runc}' "$@"
+"#,
+            cg = cg,
+            id = c.id,
+            runc = brisk_integration::fault::real_runc().display(),
+        );
+        std::fs::write(&script, body).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let opts = config_body_options(&format!(
+            "runc_binary = \"{}\"\nrunc_timeout_secs = 2\n",
+            script.display()
+        ));
+        c.create_fails(
+            "Create whose runc create is killed at its timeout",
+            c.layer().mounts(),
+            Some(opts),
+            Code::DEADLINE_EXCEEDED,
+            &["runc create timed out"],
+        );
+        let mut left = Vec::new();
+        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let dir = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+                PathBuf::from(format!("/sys/fs/cgroup{cg}"))
+            } else {
+                PathBuf::from(format!("{}{cg}", h.path().display()))
+            };
+            if dir.exists() && !left.contains(&dir) {
+                left.push(dir);
+            }
+        }
+        assert!(
+            left.is_empty(),
+            "cgroups left by the failed create: {left:?}\n--- shim log ---\n{}",
+            f.shim_log()
+        );
+        let state = Path::new("/run/containerd/brisk").join(&f.ns).join(&c.id);
+        assert!(!state.exists(), "runc state {} left", state.display());
+    });
+}
+
 // ------------------------------------------------------------ brisk.toml (ConfigBody)
 
 #[test]

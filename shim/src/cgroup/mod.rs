@@ -3,6 +3,7 @@
 //! directory) both occur on real nodes; which one a node runs is decided
 //! once, by whether `/sys/fs/cgroup` is the unified hierarchy.
 
+mod leftover;
 mod locate;
 mod metrics_v1;
 mod metrics_v2;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use tracing::info;
 
+pub use leftover::remove_after_failed_create;
 pub use oom::OomWatch;
 pub use pod_ledger::PodLedgers;
 

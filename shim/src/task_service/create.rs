@@ -44,6 +44,9 @@ struct Rollback {
     /// runc was asked to create the container (it may have left state
     /// behind even when it failed).
     runc: Option<Arc<dyn RuncApi>>,
+    /// The spec's cgroups path, for runc's cgroupfs driver: a `runc create`
+    /// killed midway leaves its cgroups, which `runc delete` cannot find.
+    cgroups_path: Option<String>,
     rootfs: Option<MountedRootfs>,
     /// Keeps the id and the rootfs paths busy until the undo is done.
     job: Option<Job>,
@@ -53,15 +56,26 @@ impl Rollback {
     /// Everything is in place: nothing is to be undone.
     fn commit(mut self) -> Option<MountedRootfs> {
         self.runc = None;
+        self.cgroups_path = None;
         self.job = None;
         self.rootfs.take()
     }
 
     /// Undoes what was set up, in reverse order, and returns when done.
     async fn undo(mut self) {
-        let (platform, id) = (self.platform.clone(), self.id.clone());
-        let (runc, rootfs, job) = (self.runc.take(), self.rootfs.take(), self.job.take());
-        undo(platform, id, runc, rootfs, job).await;
+        let parts = self.take();
+        undo(parts).await;
+    }
+
+    fn take(&mut self) -> Undo {
+        Undo {
+            platform: self.platform.clone(),
+            id: self.id.clone(),
+            runc: self.runc.take(),
+            cgroups_path: self.cgroups_path.take(),
+            rootfs: self.rootfs.take(),
+            job: self.job.take(),
+        }
     }
 }
 
@@ -70,26 +84,40 @@ impl Drop for Rollback {
     /// behind: the undo runs on its own.
     fn drop(&mut self) {
         if self.runc.is_some() || self.rootfs.is_some() {
-            let (platform, id) = (self.platform.clone(), self.id.clone());
-            let (runc, rootfs, job) = (self.runc.take(), self.rootfs.take(), self.job.take());
-            tokio::spawn(undo(platform, id, runc, rootfs, job));
+            tokio::spawn(undo(self.take()));
         }
     }
 }
 
-async fn undo(
+/// What a [`Rollback`] undoes, taken out of it.
+struct Undo {
     platform: Arc<dyn Platform>,
     id: String,
     runc: Option<Arc<dyn RuncApi>>,
+    cgroups_path: Option<String>,
     rootfs: Option<MountedRootfs>,
     job: Option<Job>,
-) {
+}
+
+async fn undo(u: Undo) {
+    let Undo {
+        platform,
+        id,
+        runc,
+        cgroups_path,
+        rootfs,
+        job,
+    } = u;
     let _job = job;
     if let Some(runc) = runc {
         match runc.delete(&id, true).await {
             Ok(()) => debug!(id, "runc state of the failed create removed"),
             Err(e) if e.is_not_found() => {}
             Err(e) => warn!(id, error = %e, "runc delete --force after a failed create"),
+        }
+        if let Some(path) = cgroups_path {
+            let _ = tokio::task::spawn_blocking(move || cgroup::remove_after_failed_create(&path))
+                .await;
         }
     }
     if let Some(r) = rootfs {
@@ -127,6 +155,7 @@ impl TaskService {
             platform: self.inner.platform.clone(),
             id: id.clone(),
             runc: None,
+            cgroups_path: None,
             rootfs: None,
             job: None,
         };
@@ -146,6 +175,9 @@ impl TaskService {
         let mut init = Process::new(id.clone(), paths.clone(), None);
         let since = Instant::now();
         rollback.runc = Some(runc.clone());
+        if !cfg.systemd_cgroup {
+            rollback.cgroups_path = spec.cgroups_path().map(str::to_string);
+        }
         let who = Who {
             id: &id,
             namespace: &self.inner.namespace,

@@ -27,10 +27,10 @@ type TtrpcResult<T> = ttrpc::Result<T>;
 /// request runs in a span carrying its trace id, so each of its log lines
 /// (the panic's too) says `trace_id=...`; without one there is no span and
 /// nothing is allocated for it.
-async fn guarded<T>(
+async fn guarded<T: Send + 'static>(
     ctx: &TtrpcContext,
     call: &'static str,
-    request: impl Future<Output = Result<T, ShimError>>,
+    request: impl Future<Output = Result<T, ShimError>> + Send + 'static,
 ) -> TtrpcResult<T> {
     let span = match trace_context::from_metadata(&ctx.metadata) {
         Some(tp) => info_span!(
@@ -41,7 +41,7 @@ async fn guarded<T>(
         None => Span::none(),
     };
     let request = metrics::task_request(call, request, |e| matches!(e, ShimError::Exiting(_)));
-    async move {
+    let work = async move {
         match AssertUnwindSafe(request).catch_unwind().await {
             Ok(answer) => answer.map_err(Into::into),
             Err(panic) => {
@@ -59,8 +59,17 @@ async fn guarded<T>(
             }
         }
     }
-    .instrument(span)
-    .await
+    .instrument(span);
+    // On a task of its own: when containerd goes away (a restart, a crash)
+    // the ttrpc server drops the futures of the calls still in flight, and
+    // a step cut off there would leave its state machine half moved (a
+    // Start forever starting, its exit withheld for good) and its runc
+    // child running on past the rollback. Detached, the step runs to its
+    // end; only the answer is lost, and containerd asks again.
+    match tokio::spawn(work).await {
+        Ok(answer) => answer,
+        Err(_) => Err(ShimError::Panicked(call).into()),
+    }
 }
 
 #[async_trait]
@@ -70,10 +79,11 @@ impl Task for TaskService {
         ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        guarded(ctx, "create", async {
+        let this = self.clone();
+        guarded(ctx, "create", async move {
             let _t = Timed::new("create", &req.id);
             info!(id = req.id, bundle = req.bundle, "create");
-            let pid = TaskService::create(self, &req).await?;
+            let pid = TaskService::create(&this, &req).await?;
             Ok(api::CreateTaskResponse {
                 pid: pid as u32,
                 ..Default::default()
@@ -87,13 +97,14 @@ impl Task for TaskService {
         ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        guarded(ctx, "start", async {
-            let _busy = self.busy();
+        let this = self.clone();
+        guarded(ctx, "start", async move {
+            let _busy = this.busy();
             let _t = Timed::new("start", &req.id);
             let pid = if req.exec_id.is_empty() {
-                self.start_init(&req.id).await?
+                this.start_init(&req.id).await?
             } else {
-                self.start_exec(&req.id, &req.exec_id).await?
+                this.start_exec(&req.id, &req.exec_id).await?
             };
             info!(id = req.id, exec_id = req.exec_id, pid, "started");
             Ok(api::StartResponse {
@@ -109,10 +120,11 @@ impl Task for TaskService {
         ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<DeleteResponse> {
-        guarded(ctx, "delete", async {
-            let _busy = self.busy();
+        let this = self.clone();
+        guarded(ctx, "delete", async move {
+            let _busy = this.busy();
             let _t = Timed::new("delete", &req.id);
-            TaskService::delete(self, &req.id, &req.exec_id).await
+            TaskService::delete(&this, &req.id, &req.exec_id).await
         })
         .await
     }
@@ -122,9 +134,10 @@ impl Task for TaskService {
         ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        guarded(ctx, "state", async {
+        let this = self.clone();
+        guarded(ctx, "state", async move {
             let _t = Timed::new("state", &req.id);
-            TaskService::state(self, &req.id, &req.exec_id)
+            TaskService::state(&this, &req.id, &req.exec_id)
         })
         .await
     }
@@ -134,26 +147,29 @@ impl Task for TaskService {
         ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        guarded(ctx, "pids", async {
-            let _busy = self.busy();
-            TaskService::pids(self, &req.id).await
+        let this = self.clone();
+        guarded(ctx, "pids", async move {
+            let _busy = this.busy();
+            TaskService::pids(&this, &req.id).await
         })
         .await
     }
 
     async fn pause(&self, ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
-        guarded(ctx, "pause", async {
-            let _busy = self.busy();
-            self.set_frozen(&req.id, true).await?;
+        let this = self.clone();
+        guarded(ctx, "pause", async move {
+            let _busy = this.busy();
+            this.set_frozen(&req.id, true).await?;
             Ok(Empty::new())
         })
         .await
     }
 
     async fn resume(&self, ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
-        guarded(ctx, "resume", async {
-            let _busy = self.busy();
-            self.set_frozen(&req.id, false).await?;
+        let this = self.clone();
+        guarded(ctx, "resume", async move {
+            let _busy = this.busy();
+            this.set_frozen(&req.id, false).await?;
             Ok(Empty::new())
         })
         .await
@@ -164,7 +180,7 @@ impl Task for TaskService {
         ctx: &TtrpcContext,
         _req: api::CheckpointTaskRequest,
     ) -> TtrpcResult<Empty> {
-        guarded(ctx, "checkpoint", async {
+        guarded(ctx, "checkpoint", async move {
             Err(ShimError::Unimplemented(
                 "checkpoint (brisk does not checkpoint containers)",
             ))
@@ -173,19 +189,21 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
-        guarded(ctx, "kill", async {
-            let _busy = self.busy();
+        let this = self.clone();
+        guarded(ctx, "kill", async move {
+            let _busy = this.busy();
             let _t = Timed::new("kill", &req.id);
-            TaskService::kill(self, &req.id, &req.exec_id, req.signal, req.all).await?;
+            TaskService::kill(&this, &req.id, &req.exec_id, req.signal, req.all).await?;
             Ok(Empty::new())
         })
         .await
     }
 
     async fn exec(&self, ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
-        guarded(ctx, "exec", async {
-            let _busy = self.busy();
-            self.add_exec(&req)?;
+        let this = self.clone();
+        guarded(ctx, "exec", async move {
+            let _busy = this.busy();
+            this.add_exec(&req)?;
             Ok(Empty::new())
         })
         .await
@@ -196,26 +214,29 @@ impl Task for TaskService {
         ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<Empty> {
-        guarded(ctx, "resize_pty", async {
-            TaskService::resize_pty(self, &req)?;
+        let this = self.clone();
+        guarded(ctx, "resize_pty", async move {
+            TaskService::resize_pty(&this, &req)?;
             Ok(Empty::new())
         })
         .await
     }
 
     async fn close_io(&self, ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
-        guarded(ctx, "close_io", async {
-            TaskService::close_io(self, &req.id, &req.exec_id)?;
+        let this = self.clone();
+        guarded(ctx, "close_io", async move {
+            TaskService::close_io(&this, &req.id, &req.exec_id)?;
             Ok(Empty::new())
         })
         .await
     }
 
     async fn update(&self, ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
-        guarded(ctx, "update", async {
-            let _busy = self.busy();
+        let this = self.clone();
+        guarded(ctx, "update", async move {
+            let _busy = this.busy();
             let _t = Timed::new("update", &req.id);
-            TaskService::update(self, &req).await?;
+            TaskService::update(&this, &req).await?;
             Ok(Empty::new())
         })
         .await
@@ -226,8 +247,9 @@ impl Task for TaskService {
         ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
-        guarded(ctx, "wait", async {
-            let exit = TaskService::wait(self, &req.id, &req.exec_id).await?;
+        let this = self.clone();
+        guarded(ctx, "wait", async move {
+            let exit = TaskService::wait(&this, &req.id, &req.exec_id).await?;
             Ok(api::WaitResponse {
                 exit_status: exit.status,
                 exited_at: timestamp(exit.at),
@@ -242,8 +264,9 @@ impl Task for TaskService {
         ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        guarded(ctx, "stats", async {
-            TaskService::stats(self, &req.id).await
+        let this = self.clone();
+        guarded(ctx, "stats", async move {
+            TaskService::stats(&this, &req.id).await
         })
         .await
     }
@@ -253,15 +276,17 @@ impl Task for TaskService {
         ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        guarded(ctx, "connect", async {
-            Ok(TaskService::connect(self, &req.id))
+        let this = self.clone();
+        guarded(ctx, "connect", async move {
+            Ok(TaskService::connect(&this, &req.id))
         })
         .await
     }
 
     async fn shutdown(&self, ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<Empty> {
-        guarded(ctx, "shutdown", async {
-            TaskService::shutdown(self);
+        let this = self.clone();
+        guarded(ctx, "shutdown", async move {
+            TaskService::shutdown(&this);
             Ok(Empty::new())
         })
         .await

@@ -6,6 +6,7 @@
 mod calls;
 mod create;
 mod delete;
+mod disconnect;
 mod exit;
 mod fake;
 mod faults;

@@ -1,0 +1,152 @@
+//! The cgroups a `runc create` killed midway leaves behind. runc makes the
+//! container's cgroups before it writes the container's state; killed in
+//! between (at the shim's runc timeout, or by a containerd that went away),
+//! it leaves them, and `runc delete --force` then finds no container and
+//! removes only its state directory. Each such create would leave one
+//! empty cgroup per hierarchy below the pod's for as long as the node runs.
+//!
+//! Only runc's cgroupfs driver is swept: with the systemd driver the
+//! container's cgroup is a transient scope, which systemd itself removes
+//! once it is empty.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+    path::{Component, Path, PathBuf},
+    time::Instant,
+};
+
+use tracing::{info, warn};
+
+use super::{locate, CGROUP_ROOT};
+use crate::process_handle::ProcessHandle;
+
+/// How long a process left in such a cgroup (runc's init of the failed
+/// create) is waited for after its SIGKILL.
+const KILL_WAIT_MS: i32 = 2000;
+
+/// Removes the cgroups `cgroups_path` names (cgroupfs driver) on every
+/// hierarchy of the node, after a failed create. Returns those removed.
+pub fn remove_after_failed_create(cgroups_path: &str) -> Vec<PathBuf> {
+    remove_under(&hierarchies(Path::new(CGROUP_ROOT)), cgroups_path)
+}
+
+/// The hierarchies below `root`: `root` itself on a unified node, else each
+/// mounted hierarchy (`memory`, `cpu,cpuacct`, `systemd`, `unified`, ...),
+/// its alias links (`cpu -> cpu,cpuacct`) left out.
+fn hierarchies(root: &Path) -> Vec<PathBuf> {
+    if root.join("cgroup.controllers").exists() {
+        return vec![root.to_path_buf()];
+    }
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect()
+}
+
+fn remove_under(roots: &[PathBuf], cgroups_path: &str) -> Vec<PathBuf> {
+    // The path comes from the bundle: it may not climb out of the roots.
+    if Path::new(cgroups_path)
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+    {
+        warn!(
+            cgroups_path,
+            "cgroups path climbs with '..'; its cgroups are left alone"
+        );
+        return Vec::new();
+    }
+    let mut removed = Vec::new();
+    for root in roots {
+        let Some(dir) = locate::container_dir(root, cgroups_path, false) else {
+            continue;
+        };
+        // No symlink is followed: a real directory, or nothing to do.
+        if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let started = Instant::now();
+        kill_members(&dir);
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {
+                info!(cgroup = %dir.display(), took = ?started.elapsed(), "cgroup of a failed create removed");
+                removed.push(dir);
+            }
+            Err(e) => {
+                warn!(cgroup = %dir.display(), error = %e, "cgroup of a failed create not removed")
+            }
+        }
+    }
+    removed
+}
+
+/// SIGKILLs every process still in `dir` (a runc init whose `runc create`
+/// died; the container never ran) and waits for each to exit.
+fn kill_members(dir: &Path) {
+    let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+        return;
+    };
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let Ok(handle) = ProcessHandle::open(pid) else {
+            continue;
+        };
+        if handle.signal(libc::SIGKILL).is_ok() {
+            if let Err(e) = wait_exit(&handle) {
+                warn!(pid, error = %e, "process of a failed create's cgroup did not exit");
+            }
+        }
+    }
+}
+
+/// Waits until the pidfd says the process exited, or `KILL_WAIT_MS`.
+fn wait_exit(handle: &ProcessHandle) -> io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd: handle.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, valid for the call, on a pidfd the handle owns.
+    match unsafe { libc::poll(&mut pfd, 1, KILL_WAIT_MS) } {
+        0 => Err(io::Error::new(io::ErrorKind::TimedOut, "still running")),
+        n if n < 0 => Err(io::Error::last_os_error()),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A v1 layout in a temporary directory: two hierarchies, an alias
+    /// link, and the cgroups a killed create left in both.
+    #[test]
+    fn a_failed_creates_cgroups_go_on_every_hierarchy_and_their_parent_stays() {
+        let root = tempfile::tempdir().unwrap();
+        for h in ["memory", "cpu,cpuacct"] {
+            std::fs::create_dir_all(root.path().join(h).join("pod1/c1")).unwrap();
+        }
+        std::os::unix::fs::symlink("cpu,cpuacct", root.path().join("cpu")).unwrap();
+        let roots = hierarchies(root.path());
+        assert_eq!(roots.len(), 2, "{roots:?}");
+        let removed = remove_under(&roots, "/pod1/c1");
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        for h in ["memory", "cpu,cpuacct"] {
+            assert!(!root.path().join(h).join("pod1/c1").exists());
+            assert!(root.path().join(h).join("pod1").is_dir());
+        }
+    }
+
+    #[test]
+    fn a_path_that_climbs_or_is_not_there_removes_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("memory/other")).unwrap();
+        let roots = hierarchies(root.path());
+        assert!(remove_under(&roots, "/pod1/../other").is_empty());
+        assert!(root.path().join("memory/other").is_dir());
+        assert!(remove_under(&roots, "/pod1/c9").is_empty());
+    }
+}
