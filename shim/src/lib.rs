@@ -40,6 +40,7 @@ pub mod process_state;
 pub mod protos;
 pub mod reaper;
 pub mod rootfs;
+pub mod runc_leftovers;
 pub mod serve;
 pub mod shim_socket;
 pub mod start;

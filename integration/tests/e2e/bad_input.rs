@@ -291,24 +291,34 @@ fn bad_runc_create_fails() {
 }
 
 /// A `runc create` killed at the shim's runc timeout after it made the
-/// container's cgroups and state directory, before it wrote the state (as
-/// runc is, midway, on a loaded node): the failed Create leaves neither.
+/// container's cgroups and state directory, and mounted over a file there
+/// (runc's sealed copy of its binary), before it wrote the state (as runc
+/// is, midway, on a loaded node): the failed Create leaves none of them.
 /// `runc delete --force` removes only the state directory of a container
-/// runc has no state of; the cgroups are the shim's to sweep.
+/// runc has no state of, and cannot while a mount is in it; the cgroups
+/// and the mount are the shim's to sweep, and a runc delete that fails
+/// (hung past its timeout) is tried again.
 #[test]
-fn bad_runc_create_killed_midway_leaves_no_cgroups() {
+fn bad_runc_create_killed_midway_leaves_nothing() {
     on_fixture("createkilled", |f| {
         let c = NewContainer::new(f, "createkilled");
         let cg = f.cd.ctr_cgroup(&c.id);
         let script = f.cd.dir.join("partial-runc");
         let body = format!(
             r#"#!/bin/sh
-root=; prev=; create=
+root=; prev=; create=; sub=
 for a in "$@"; do
   [ "$prev" = "--root" ] && root=$a
   [ "$a" = create ] && create=1
+  [ "$a" = delete ] && sub=delete
   prev=$a
 done
+# The first two deletes fail, as a runc delete hung past its timeout does.
+if [ "$sub" = delete ]; then
+  n=$(cat '{count}' 2>/dev/null || echo 0)
+  echo $((n + 1)) > '{count}'
+  [ "$n" -lt 2 ] && {{ echo 'delete fails on purpose' >&2; exit 1; }}
+fi
 if [ -n "$create" ]; then
   if [ -e /sys/fs/cgroup/cgroup.controllers ]; then
     mkdir -p "/sys/fs/cgroup{cg}"
@@ -318,12 +328,15 @@ if [ -n "$create" ]; then
     done
   fi
   mkdir -p "$root/{id}"
+  touch "$root/{id}/runc.killed"
+  mount --bind "$0" "$root/{id}/runc.killed"
   exec sleep 60
 fi
 exec '{runc}' "$@"
 "#,
             cg = cg,
             id = c.id,
+            count = f.cd.dir.join("deletes").display(),
             runc = brisk_integration::fault::real_runc().display(),
         );
         std::fs::write(&script, body).unwrap();
@@ -357,7 +370,25 @@ exec '{runc}' "$@"
             f.shim_log()
         );
         let state = Path::new("/run/containerd/brisk").join(&f.ns).join(&c.id);
-        assert!(!state.exists(), "runc state {} left", state.display());
+        let mounted: Vec<_> = sys::mounts()
+            .into_iter()
+            .filter(|m| m.mount_point.starts_with(&state))
+            .collect();
+        assert!(
+            mounted.is_empty(),
+            "mounts left in the runc state: {mounted:?}"
+        );
+        // The first two runc deletes failed: the shim tries again, detached.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while state.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            !state.exists(),
+            "runc state {} left\n--- shim log ---\n{}",
+            state.display(),
+            f.shim_log()
+        );
     });
 }
 

@@ -25,11 +25,12 @@ use crate::{
     cgroup,
     config::RuntimeConfig,
     container::{Container, Process},
-    detached::{Job, WorkKey},
+    detached::{Detached, Job, WorkKey},
     error::{Result, ShimError},
     io_owner, log_binary,
     platform::Platform,
     rootfs::{self, MountedRootfs},
+    runc_leftovers,
     stdio::{self, ConsoleSocket, StdioPaths},
     volatile,
 };
@@ -40,6 +41,8 @@ pub(super) const CONSOLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// What a Create has set up so far, undone unless the Create succeeds.
 struct Rollback {
     platform: Arc<dyn Platform>,
+    /// For the retries of a state directory that outlives the first try.
+    detached: Detached,
     id: String,
     /// runc was asked to create the container (it may have left state
     /// behind even when it failed).
@@ -47,6 +50,9 @@ struct Rollback {
     /// The spec's cgroups path, for runc's cgroupfs driver: a `runc create`
     /// killed midway leaves its cgroups, which `runc delete` cannot find.
     cgroups_path: Option<String>,
+    /// runc's state directory of the container: mounts a killed `runc
+    /// create` left there keep `runc delete` from removing it.
+    state_dir: Option<PathBuf>,
     rootfs: Option<MountedRootfs>,
     /// Keeps the id and the rootfs paths busy until the undo is done.
     job: Option<Job>,
@@ -57,6 +63,7 @@ impl Rollback {
     fn commit(mut self) -> Option<MountedRootfs> {
         self.runc = None;
         self.cgroups_path = None;
+        self.state_dir = None;
         self.job = None;
         self.rootfs.take()
     }
@@ -70,9 +77,11 @@ impl Rollback {
     fn take(&mut self) -> Undo {
         Undo {
             platform: self.platform.clone(),
+            detached: self.detached.clone(),
             id: self.id.clone(),
             runc: self.runc.take(),
             cgroups_path: self.cgroups_path.take(),
+            state_dir: self.state_dir.take(),
             rootfs: self.rootfs.take(),
             job: self.job.take(),
         }
@@ -92,9 +101,11 @@ impl Drop for Rollback {
 /// What a [`Rollback`] undoes, taken out of it.
 struct Undo {
     platform: Arc<dyn Platform>,
+    detached: Detached,
     id: String,
     runc: Option<Arc<dyn RuncApi>>,
     cgroups_path: Option<String>,
+    state_dir: Option<PathBuf>,
     rootfs: Option<MountedRootfs>,
     job: Option<Job>,
 }
@@ -102,9 +113,11 @@ struct Undo {
 async fn undo(u: Undo) {
     let Undo {
         platform,
+        detached,
         id,
         runc,
         cgroups_path,
+        state_dir,
         rootfs,
         job,
     } = u;
@@ -118,6 +131,15 @@ async fn undo(u: Undo) {
         if let Some(path) = cgroups_path {
             let _ = tokio::task::spawn_blocking(move || cgroup::remove_after_failed_create(&path))
                 .await;
+        }
+        if let Some(dir) = state_dir.filter(|d| is_dir(d)) {
+            if !remove_state(&*runc, &id, &dir).await {
+                // A runc delete that timed out or failed (a loaded node, a
+                // hung runc): tried again, detached, so the Create's error
+                // is not held back; a new Create of the id waits for it.
+                let job = detached.begin(vec![WorkKey::Container(id.clone())]);
+                tokio::spawn(retry_state_removal(runc, id.clone(), dir, job));
+            }
         }
     }
     if let Some(r) = rootfs {
@@ -153,9 +175,11 @@ impl TaskService {
         self.wait_work_free(&id, &runc_keys).await;
         let mut rollback = Rollback {
             platform: self.inner.platform.clone(),
+            detached: self.inner.detached.clone(),
             id: id.clone(),
             runc: None,
             cgroups_path: None,
+            state_dir: Some(cfg.runc_root.join(&id)),
             rootfs: None,
             job: None,
         };
@@ -288,6 +312,40 @@ struct Who<'a> {
     id: &'a str,
     namespace: &'a str,
     exits: &'a dyn runc_wrapper::ExitWatch,
+}
+
+/// How often, and how far apart at first, the removal of a failed
+/// create's runc state is tried again (the wait doubles each time).
+const STATE_RETRIES: u32 = 5;
+const STATE_RETRY_FIRST: Duration = Duration::from_secs(1);
+
+fn is_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+/// Takes down the mounts a killed `runc create` left in its state
+/// directory and has runc remove the directory. True when it is gone.
+async fn remove_state(runc: &dyn RuncApi, id: &str, dir: &Path) -> bool {
+    let d = dir.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || runc_leftovers::unmount_under(&d)).await;
+    if let Err(e) = runc.delete(id, true).await {
+        warn!(id, error = %e, "runc delete --force of a failed create's state");
+    }
+    !is_dir(dir)
+}
+
+async fn retry_state_removal(runc: Arc<dyn RuncApi>, id: String, dir: PathBuf, _job: Job) {
+    let started = Instant::now();
+    let mut wait = STATE_RETRY_FIRST;
+    for attempt in 1..=STATE_RETRIES {
+        tokio::time::sleep(wait).await;
+        if remove_state(&*runc, &id, &dir).await {
+            info!(id, attempt, took = ?started.elapsed(), "runc state of a failed create removed");
+            return;
+        }
+        wait *= 2;
+    }
+    tracing::error!(id, state = %dir.display(), "runc state of a failed create not removed; runc delete --force {id} removes it");
 }
 
 /// `runc create` with the process's stdio, filling in `init.pid`.
