@@ -137,6 +137,11 @@ pub struct ChaosReport {
     pub faults: Vec<String>,
     pub restarts: usize,
     pub downtimes: Vec<Downtime>,
+    /// When containerd's root was full.
+    pub full_roots: Vec<Downtime>,
+    /// Tasks whose exit the shim told right, which containerd lost on a
+    /// full root and a restart ([`excuse_lost_by_a_full_root`]).
+    pub lost_by_full_root: Vec<String>,
     pub shim_kills: usize,
     pub delayed_pods: usize,
     /// Init TaskExit events seen more than once, per container.
@@ -389,7 +394,19 @@ fn run_on(
         .iter()
         .filter(|f| f.contains("SIGKILL shim"))
         .count();
-    judge_exits(&mut report, &events.counts());
+    report.full_roots = sh
+        .full
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|&(a, b)| Downtime {
+            from_ns: a,
+            to_ns: b.unwrap_or(i64::MAX),
+        })
+        .collect();
+    let seen = events.seen();
+    judge_exits(&mut report, &seen);
+    excuse_lost_by_a_full_root(&mut report, &seen);
     judge_unknown(&mut report, &lists);
     judge_lists(&mut report, &lists);
     report.update_calls = updates.0;
@@ -939,10 +956,14 @@ fn update_loop(sh: &Shared) -> (usize, Vec<String>) {
     (calls, failures)
 }
 
+/// Per container: each init TaskExit's status and when it came (ns).
+type ExitsSeen = BTreeMap<String, Vec<(Option<u32>, i64)>>;
+
 /// Init TaskExit events of the k8s.io namespace, counted per container, from
 /// `ctr events` started again whenever containerd's restart ends it.
 struct ExitEvents {
-    counts: Mutex<BTreeMap<String, usize>>,
+    /// Per container: each init TaskExit's status and when it came (ns).
+    seen: Mutex<ExitsSeen>,
     child: AtomicI32,
     stopped: AtomicBool,
 }
@@ -950,7 +971,7 @@ struct ExitEvents {
 impl ExitEvents {
     fn new() -> Self {
         ExitEvents {
-            counts: Mutex::new(BTreeMap::new()),
+            seen: Mutex::new(BTreeMap::new()),
             child: AtomicI32::new(0),
             stopped: AtomicBool::new(false),
         }
@@ -971,8 +992,9 @@ impl ExitEvents {
             self.child.store(child.id() as i32, Ordering::SeqCst);
             if let Some(out) = child.stdout.take() {
                 for line in std::io::BufReader::new(out).lines().map_while(|l| l.ok()) {
-                    if let Some(id) = init_exit_of(&line) {
-                        *self.counts.lock().unwrap().entry(id).or_default() += 1;
+                    if let Some((id, status)) = init_exit_of(&line) {
+                        let mut seen = self.seen.lock().unwrap();
+                        seen.entry(id).or_default().push((status, now_ns()));
                     }
                 }
             }
@@ -990,14 +1012,14 @@ impl ExitEvents {
         }
     }
 
-    fn counts(&self) -> BTreeMap<String, usize> {
-        self.counts.lock().unwrap().clone()
+    fn seen(&self) -> ExitsSeen {
+        self.seen.lock().unwrap().clone()
     }
 }
 
-/// The container id of an init process's `/tasks/exit` line of `ctr
-/// events` (its `id` is the container's), else None.
-fn init_exit_of(line: &str) -> Option<String> {
+/// The container id and exit status of an init process's `/tasks/exit`
+/// line of `ctr events` (its `id` is the container's), else None.
+fn init_exit_of(line: &str) -> Option<(String, Option<u32>)> {
     if !line.contains("/tasks/exit") {
         return None;
     }
@@ -1007,14 +1029,23 @@ fn init_exit_of(line: &str) -> Option<String> {
         Some(line[at..at + len].to_string())
     };
     let (cid, id) = (field("container_id")?, field("id")?);
-    (cid == id).then_some(cid)
+    let status = line.find("\"exit_status\":").and_then(|at| {
+        let rest = &line[at + 14..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    });
+    // An exit status of 0 is left out of the JSON.
+    let status = status.or(Some(0));
+    (cid == id).then_some((cid, status))
 }
 
 /// Exactly one TaskExit per task: duplicates fail; a missing one fails
 /// unless the task ended while containerd (and so the subscriber) was down.
-fn judge_exits(r: &mut ChaosReport, counts: &BTreeMap<String, usize>) {
+fn judge_exits(r: &mut ChaosReport, seen: &ExitsSeen) {
     for t in &r.tasks {
-        let n = counts.get(&t.id).copied().unwrap_or(0);
+        let n = seen.get(&t.id).map_or(0, Vec::len);
         if n > 1 {
             r.duplicate_exits.push(format!("{}: {n} TaskExit", t.id));
         } else if n == 0 {
@@ -1028,6 +1059,35 @@ fn judge_exits(r: &mut ChaosReport, counts: &BTreeMap<String, usize>) {
                 r.missing_exits
                     .push(format!("{}: no TaskExit (exit at {at})", t.id));
             }
+        }
+    }
+}
+
+/// A task CRI reports as 255 (Unknown) whose one TaskExit carried its
+/// real code, sent while containerd's root was full: the shim told the
+/// exit, containerd could not write it down (its status checkpoint fails
+/// with ENOSPC, its event handler backs off) and, restarted before it
+/// could, found the task gone and the status unwritten. containerd's loss,
+/// the same under either shim: counted apart, not as the shim's problem.
+fn excuse_lost_by_a_full_root(r: &mut ChaosReport, seen: &ExitsSeen) {
+    let full = r.full_roots.clone();
+    for t in &mut r.tasks {
+        let Some((255, reason, _)) = &t.got else {
+            continue;
+        };
+        if reason != "Unknown" || t.problem.is_none() {
+            continue;
+        }
+        let told = seen.get(&t.id).map(Vec::as_slice).unwrap_or_default();
+        let right = matches!(told, [(Some(code), at)]
+            if *code as i32 == t.want_code
+                && full.iter().any(|w| *at >= w.from_ns - 1_000_000_000 && *at <= w.to_ns.saturating_add(1_000_000_000)));
+        if right {
+            r.lost_by_full_root.push(format!(
+                "{}: TaskExit said {}, CRI says 255 (Unknown)",
+                t.id, t.want_code
+            ));
+            t.problem = None;
         }
     }
 }
@@ -1189,6 +1249,11 @@ impl ChaosReport {
             self.exits_unseen_in_downtime
         ));
         s.push_str(&format!(
+            "exits told right by the shim, lost by containerd on a full root and a restart: {} {:?}\n",
+            self.lost_by_full_root.len(),
+            self.lost_by_full_root
+        ));
+        s.push_str(&format!(
             "UNKNOWN beyond downtime: longest {:.1} s (grace {:?}), {} over\n",
             self.longest_unknown_beyond_downtime.as_secs_f64(),
             UNKNOWN_GRACE,
@@ -1236,9 +1301,44 @@ mod tests {
         let exec = r#"2026-12-03 10:00:00.1 +0000 UTC k8s.io /tasks/exit {"container_id":"abc","id":"e1","pid":8,"exit_status":0}"#;
         let other =
             r#"2026-12-03 10:00:00.1 +0000 UTC k8s.io /tasks/start {"container_id":"abc","pid":7}"#;
-        assert_eq!(init_exit_of(init).as_deref(), Some("abc"));
+        assert_eq!(init_exit_of(init), Some(("abc".into(), Some(3))));
         assert_eq!(init_exit_of(exec), None);
         assert_eq!(init_exit_of(other), None);
+        let zero = r#"2026-12-03 10:00:00.1 +0000 UTC k8s.io /tasks/exit {"container_id":"abc","id":"abc","pid":7,"exited_at":{}}"#;
+        assert_eq!(init_exit_of(zero), Some(("abc".into(), Some(0))));
+    }
+
+    #[test]
+    fn an_exit_told_right_but_unwritten_on_a_full_root_is_containerds() {
+        let s = 1_000_000_000i64;
+        let task = |id: &str| TaskRecord {
+            id: id.into(),
+            want_code: 18,
+            oom: false,
+            shim_killed: false,
+            got: Some((255, "Unknown".into(), 40 * s)),
+            problem: Some("wrong".into()),
+        };
+        let mut r = ChaosReport {
+            tasks: vec![task("a"), task("b"), task("c")],
+            full_roots: vec![Downtime {
+                from_ns: 10 * s,
+                to_ns: 14 * s,
+            }],
+            ..Default::default()
+        };
+        let mut seen = BTreeMap::new();
+        // a: told 18 while the root was full: containerd's loss.
+        seen.insert("a".to_string(), vec![(Some(18), 12 * s)]);
+        // b: told 18 with the root not full: the wrong code stays a problem.
+        seen.insert("b".to_string(), vec![(Some(18), 30 * s)]);
+        // c: told a wrong code: the shim's problem.
+        seen.insert("c".to_string(), vec![(Some(255), 12 * s)]);
+        excuse_lost_by_a_full_root(&mut r, &seen);
+        assert_eq!(r.lost_by_full_root.len(), 1, "{:?}", r.lost_by_full_root);
+        assert!(r.tasks[0].problem.is_none());
+        assert!(r.tasks[1].problem.is_some());
+        assert!(r.tasks[2].problem.is_some());
     }
 
     #[test]

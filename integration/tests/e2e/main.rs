@@ -5,7 +5,6 @@
 
 mod bad_input;
 mod cgroups;
-mod chaos;
 mod common;
 mod config;
 mod detached_cleanup;
