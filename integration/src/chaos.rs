@@ -420,7 +420,7 @@ fn run_on(
         }
     }
     all_shims.extend(cd.shim_pids());
-    report.zombies = zombies_of(&all_shims);
+    report.zombies = crate::soak::zombies_of(&all_shims);
     let leftover = cri.remove_all_pods();
     report.leaks.extend(leftover);
     if let Err(e) = cd.wait_no_leaks(Duration::from_secs(60)) {
@@ -1157,11 +1157,6 @@ fn judge_lists(r: &mut ChaosReport, lists: &[ListCall]) {
         let first = lists.first().map(|c| c.start_ns).unwrap_or(worst.start_ns);
         r.list_max_at = format!("+{:.1} s", (worst.start_ns - first) as f64 / 1e9);
     }
-}
-
-/// Zombie processes whose parent is one of `parents`.
-fn zombies_of(parents: &BTreeSet<i32>) -> Vec<String> {
-    crate::soak::zombies_of(parents)
 }
 
 impl ChaosReport {

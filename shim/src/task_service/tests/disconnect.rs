@@ -5,17 +5,9 @@
 //! good) and its runc child running on after the rollback. Each call runs
 //! to its end whether or not its caller still waits.
 
-use containerd_shim_protos::{api, shim_async::Task, ttrpc::r#async::TtrpcContext};
+use containerd_shim_protos::{api, shim_async::Task};
 
-use super::{settle, within, Ev, Shim};
-
-fn ctx() -> TtrpcContext {
-    TtrpcContext {
-        mh: Default::default(),
-        metadata: Default::default(),
-        timeout_nano: 0,
-    }
-}
+use super::{ctx, settle, within, Ev, Shim};
 
 #[tokio::test]
 async fn a_start_cut_off_by_a_disconnect_still_ends_and_its_exit_is_told() {

@@ -207,12 +207,8 @@ async fn exec_of_a_missing_binary_is_not_not_found() {
 /// an error; the shim goes on serving the pod's other containers.
 #[tokio::test]
 async fn a_panic_in_one_request_does_not_take_down_the_shim() {
-    use containerd_shim_protos::{shim_async::Task, ttrpc::r#async::TtrpcContext};
-    let ctx = TtrpcContext {
-        mh: Default::default(),
-        metadata: Default::default(),
-        timeout_nano: 0,
-    };
+    use containerd_shim_protos::shim_async::Task;
+    let ctx = super::ctx();
     let shim = Shim::new();
     shim.svc.create(&shim.request("c1")).await.unwrap();
     shim.run("c2").await;

@@ -225,6 +225,16 @@ pub async fn within<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
+/// The context of a ttrpc call with no metadata and no deadline, for calls
+/// made through the `Task` trait.
+pub fn ctx() -> containerd_shim_protos::ttrpc::r#async::TtrpcContext {
+    containerd_shim_protos::ttrpc::r#async::TtrpcContext {
+        mh: Default::default(),
+        metadata: Default::default(),
+        timeout_nano: 0,
+    }
+}
+
 /// The ttrpc code of a service error.
 pub fn code(e: &ShimError) -> containerd_shim_protos::ttrpc::Code {
     e.code()
