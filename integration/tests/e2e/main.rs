@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod cgroups;
+mod chaos;
 mod common;
 mod config;
 mod detached_cleanup;
