@@ -146,6 +146,9 @@ pub struct ChaosReport {
     /// a restart) and then failed to reopen at every recovery
     /// ([`io_lost_by_containerd`]).
     pub io_lost_by_containerd: Vec<String>,
+    /// Tasks killed with their shim whose exit CRI set to 255 when its
+    /// wait on the dead shim failed ([`exits_cri_could_not_wait_for`]).
+    pub exits_set_by_cri: Vec<String>,
     /// Bundles containerd renamed to `.ID` to delete and left when its own
     /// shutdown cut the delete off ([`deletes_cut_off_by_shutdown`]);
     /// removed by the run, as an operator would.
@@ -422,8 +425,13 @@ fn run_on(
     let seen = events.seen();
     judge_exits(&mut report, &seen);
     excuse_lost_by_a_full_root(&mut report, &seen);
-    let io_lost = io_lost_by_containerd(&std::fs::read_to_string(&cd.log_path).unwrap_or_default());
+    let containerd_log = std::fs::read_to_string(&cd.log_path).unwrap_or_default();
+    let io_lost = io_lost_by_containerd(&containerd_log);
     excuse_io_lost_by_containerd(&mut report, &io_lost);
+    excuse_exits_cri_could_not_wait_for(
+        &mut report,
+        &exits_cri_could_not_wait_for(&containerd_log),
+    );
     judge_unknown(&mut report, &lists, &io_lost);
     judge_lists(&mut report, &lists, &updates.timed);
     report.update_calls = updates.timed.len();
@@ -1231,6 +1239,42 @@ fn excuse_io_lost_by_containerd(r: &mut ChaosReport, io_lost: &BTreeSet<String>)
     }
 }
 
+/// The containers whose exit containerd's CRI set to 255 itself because
+/// its wait on the task failed ("failed to get task exit status"). When a
+/// shim dies, CRI's Wait on it fails as the connection closes, mostly
+/// before containerd's cleanup of the dead shim publishes the TaskExit
+/// (with the 137 the shim's `delete` gives). Under either shim, the exit of
+/// a task killed with its shim is then what containerd reports.
+fn exits_cri_could_not_wait_for(containerd_log: &str) -> BTreeSet<String> {
+    const MARK: &str = r#"msg="failed to get task exit status for \""#;
+    containerd_log
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(MARK)? + MARK.len()..];
+            Some(rest[..rest.find('\\')?].to_string())
+        })
+        .collect()
+}
+
+/// A task killed with its shim that CRI says exited 255 after its wait
+/// failed ([`exits_cri_could_not_wait_for`]): containerd's report, counted
+/// apart. Under a live shim the same 255 stays a problem.
+fn excuse_exits_cri_could_not_wait_for(r: &mut ChaosReport, unwaited: &BTreeSet<String>) {
+    for t in &mut r.tasks {
+        if t.shim_killed
+            && t.problem.is_some()
+            && matches!(&t.got, Some((255, _, _)))
+            && unwaited.contains(&t.id)
+        {
+            r.exits_set_by_cri.push(format!(
+                "{}: CRI says 255, the task was to exit {}",
+                t.id, t.want_code
+            ));
+            t.problem = None;
+        }
+    }
+}
+
 /// No container UNKNOWN longer than containerd's downtime it overlaps plus
 /// [`UNKNOWN_GRACE`]: runs of UNKNOWN answers per container. Containers
 /// whose IO containerd lost (`io_lost`) are UNKNOWN by containerd's doing.
@@ -1425,6 +1469,11 @@ impl ChaosReport {
             self.io_lost_by_containerd
         ));
         s.push_str(&format!(
+            "tasks killed with their shim, set to 255 by CRI when its wait on the dead shim failed: {} {:?}\n",
+            self.exits_set_by_cri.len(),
+            self.exits_set_by_cri
+        ));
+        s.push_str(&format!(
             "bundles containerd left hidden when its shutdown cut their delete off: {} {:?}\n",
             self.bundles_left_by_containerd.len(),
             self.bundles_left_by_containerd
@@ -1590,6 +1639,34 @@ mod tests {
         // Only the container not in `lost` is judged UNKNOWN for too long.
         assert_eq!(r.long_unknown.len(), 1, "{:?}", r.long_unknown);
         assert!(r.long_unknown[0].starts_with("other"));
+    }
+
+    #[test]
+    fn a_killed_shims_task_cri_could_not_wait_for_is_containerds() {
+        let log = concat!(
+            r#"time="2026-12-04T18:37:32.444128468Z" level=error msg="failed to get task exit status for \"2284\"" error="ttrpc: closed: unknown""#,
+            "\n",
+        );
+        let unwaited = exits_cri_could_not_wait_for(log);
+        assert_eq!(unwaited, BTreeSet::from(["2284".to_string()]));
+        let task = |id: &str, shim_killed: bool| TaskRecord {
+            id: id.into(),
+            want_code: 59,
+            oom: false,
+            shim_killed,
+            got: Some((255, "Error".into(), 1)),
+            problem: Some("wrong".into()),
+        };
+        let mut r = ChaosReport {
+            // The same 255 under a live shim, or unlogged, stays a problem.
+            tasks: vec![task("2284", true), task("2284", false), task("other", true)],
+            ..Default::default()
+        };
+        excuse_exits_cri_could_not_wait_for(&mut r, &unwaited);
+        assert!(r.tasks[0].problem.is_none());
+        assert!(r.tasks[1].problem.is_some());
+        assert!(r.tasks[2].problem.is_some());
+        assert_eq!(r.exits_set_by_cri.len(), 1);
     }
 
     #[test]

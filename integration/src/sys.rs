@@ -80,6 +80,23 @@ pub fn ppid(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Whether a thread of `pid`, or of one of its children, is inside umount2
+/// now (as one held by strace's `delay_enter` is): the first field of
+/// `/proc/TID/syscall` is the number of the syscall a blocked thread is in.
+pub fn umount2_held_under(pid: i32) -> bool {
+    let mut procs = vec![pid];
+    procs.extend(all_pids().into_iter().filter(|&p| ppid(p) == Some(pid)));
+    let umount2 = libc::SYS_umount2.to_string();
+    procs.iter().any(|p| {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else {
+            return false;
+        };
+        tasks.flatten().any(|t| {
+            fs::read_to_string(t.path().join("syscall"))
+                .is_ok_and(|s| s.split_whitespace().next() == Some(umount2.as_str()))
+        })
+    })
+}
 /// The number after `key` in a `/proc/PID/*` file of `key: value [kB]` lines.
 fn proc_field(pid: i32, file: &str, key: &str) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;

@@ -17,7 +17,7 @@ pub trait Platform: Send + Sync {
     /// stays mounted. Blocking.
     fn mount(&self, mounts: &[Mount], target: &Path) -> Result<()>;
     /// Unmounts everything on `target`; nothing mounted there is success.
-    /// Blocking.
+    /// Blocking; the real one runs the unmount in a child process.
     fn unmount(&self, target: &Path) -> Result<Duration>;
 }
 
@@ -51,6 +51,6 @@ impl Platform for System {
     }
 
     fn unmount(&self, target: &Path) -> Result<Duration> {
-        rootfs::unmount_all(target)
+        rootfs::unmount_all_in_child(target, &self.reaper)
     }
 }

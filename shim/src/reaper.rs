@@ -124,6 +124,35 @@ impl Reaper {
         (rx, handle)
     }
 
+    /// Forks a child that runs `child` and `_exit`s with the code it
+    /// returns; the exit comes through the receiver. The fork and the watch
+    /// happen under the table's lock, as in [`ExitWatch::spawn`], so the
+    /// child cannot be reaped before it is watched.
+    ///
+    /// # Safety
+    /// The child of a multi-threaded process may make only
+    /// async-signal-safe calls: `child` must not allocate, lock, log, panic
+    /// or touch the runtime.
+    pub unsafe fn fork(
+        &self,
+        child: impl FnOnce() -> i32,
+    ) -> io::Result<(i32, oneshot::Receiver<Exit>)> {
+        let since = Instant::now();
+        let mut t = self.lock();
+        // SAFETY: the parent goes on as after any fork; the caller vouches
+        // for what the child does.
+        match unsafe { libc::fork() } {
+            -1 => Err(io::Error::last_os_error()),
+            0 => {
+                let code = child();
+                // SAFETY: `_exit` runs no atexit handler or destructor: those
+                // belong to the parent.
+                unsafe { libc::_exit(code) }
+            }
+            pid => Ok((pid, t.watch(pid, since))),
+        }
+    }
+
     /// Drops interest in `pid`, e.g. when runc failed before the process ran.
     pub fn unwatch(&self, pid: i32) {
         self.lock().watchers.remove(&pid);

@@ -1,12 +1,13 @@
 //! SIGKILL of a pod's shim: CRI can still stop and remove the pod, and the
 //! shim's `delete` leaves no mounts, sockets, cgroups or runc state behind.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use brisk_integration::containerd::RUNC_STATE_ROOTS;
 use brisk_integration::cri::ContainerState;
 use brisk_integration::fault::RuncWrapper;
-use brisk_integration::{sys, ContainerSpec, BRISK_HANDLER, RUNC_HANDLER};
+use brisk_integration::scenario::Strace;
+use brisk_integration::{sys, ContainerSpec, LinuxContainerResources, BRISK_HANDLER, RUNC_HANDLER};
 use containerd_shim_protos::api::Status;
 
 use crate::common::{self, exit_on_go, go};
@@ -226,6 +227,87 @@ fn dead_shim_cleanup_failure_reaches_containerds_log() {
         .status()
         .expect("run runc");
     assert!(st.success(), "runc delete --force {victim}: {st}");
+    cri.stop_pod(&pod.id).expect("StopPodSandbox");
+    cri.remove_pod(&pod.id).expect("RemovePodSandbox");
+    cd.assert_no_leaks();
+    cd.finish();
+}
+
+/// SIGKILL of a shim while a container's rootfs unmount is stuck in the
+/// kernel (strace holds its umount2, as a sync under I/O pressure holds
+/// it). A process exits only when its last thread does, so an unmount on a
+/// shim thread would keep the dead shim's sockets open until it ended:
+/// containerd would not learn of the death, and an Update of the pod's
+/// other container would wait on the dead shim under CRI's status lock,
+/// stalling ListContainers. The sockets must close at once.
+#[test]
+fn shim_killed_during_a_stuck_unmount_lets_go_at_once_brisk() {
+    const HELD: Duration = Duration::from_secs(30);
+    let Some(cd) = common::start(BRISK_HANDLER) else {
+        return;
+    };
+    let cri = cd.cri();
+    let pod = cri
+        .run_pod_sandbox(BRISK_HANDLER, "shimkill4")
+        .expect("pod");
+    let other = cri
+        .run_container(&pod, &ContainerSpec::new("other", &["sleep", "1000"]))
+        .expect("other");
+    let exiting = cri
+        .run_container(&pod, &ContainerSpec::sh("exiting", &exit_on_go(3)))
+        .expect("exiting");
+    let shims = common::handler_shims(&cd, BRISK_HANDLER);
+    assert_eq!(shims.len(), 1, "one shim: {shims:?}");
+    let shim = shims[0];
+    let mut strace =
+        Strace::attach_shim_only(shim, &cd.dir.join("strace.txt"), Some(HELD)).expect("strace");
+    go(&cd, &exiting);
+    cri.wait_for_exited(&exiting, common::EXIT_TIMEOUT)
+        .expect("exiting exited");
+    // CRI deletes the task at its exit; its unmount is then held.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sys::umount2_held_under(shim) {
+        assert!(
+            Instant::now() < deadline,
+            "the unmount of {exiting} never reached umount2\n{}",
+            cd.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    sys::kill(shim, libc::SIGKILL);
+    let killed = Instant::now();
+    let update = cri.update_container_resources(
+        &other,
+        LinuxContainerResources {
+            cpu_shares: 512,
+            ..Default::default()
+        },
+    );
+    let took = killed.elapsed();
+    eprintln!("Update of the other container after the kill: {update:?} in {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "an Update waited {took:?} on a killed shim (its unmount held for {HELD:?})\n{}",
+        cd.log_tail(30)
+    );
+
+    // The held unmount still ends once strace lets go; nothing is left.
+    strace.detach();
+    let rootfs = common::rootfs_of(&cd, &exiting);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sys::mounts().iter().any(|m| m.mount_point == rootfs) {
+        assert!(
+            Instant::now() < deadline,
+            "{} still mounted",
+            rootfs.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for id in [&other, &exiting] {
+        cri.wait_for_exited(id, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{id}: {e:#}\n{}", cd.log_tail(40)));
+    }
     cri.stop_pod(&pod.id).expect("StopPodSandbox");
     cri.remove_pod(&pod.id).expect("RemovePodSandbox");
     cd.assert_no_leaks();
