@@ -140,8 +140,12 @@ pub struct ChaosReport {
     /// When containerd's root was full.
     pub full_roots: Vec<Downtime>,
     /// Tasks whose exit the shim told right, which containerd lost on a
-    /// full root and a restart ([`excuse_lost_by_a_full_root`]).
+    /// full root and a restart ([`excuse_exits_containerd_did_not_write_down`]).
     pub lost_by_full_root: Vec<String>,
+    /// Tasks whose exit the shim told right less than [`UNKNOWN_GRACE`]
+    /// before containerd went down, which its shutdown cut off
+    /// ([`excuse_exits_containerd_did_not_write_down`]).
+    pub lost_at_shutdown: Vec<String>,
     /// Containers whose IO containerd's CRI removed (a start it cut off at
     /// a restart) and then failed to reopen at every recovery
     /// ([`io_lost_by_containerd`]).
@@ -157,6 +161,9 @@ pub struct ChaosReport {
     pub delayed_pods: usize,
     /// Init TaskExit events seen more than once, per container.
     pub duplicate_exits: Vec<String>,
+    /// Tasks whose later TaskExits (137) containerd's cleanup of a dead
+    /// shim published ([`judge_exits`]).
+    pub exits_republished_by_containerd: Vec<String>,
     /// Tasks with no TaskExit seen and no downtime near their exit.
     pub missing_exits: Vec<String>,
     /// Tasks with no TaskExit seen whose exit was within a downtime (the
@@ -423,10 +430,14 @@ fn run_on(
         })
         .collect();
     let seen = events.seen();
-    judge_exits(&mut report, &seen);
-    excuse_lost_by_a_full_root(&mut report, &seen);
     let containerd_log = std::fs::read_to_string(&cd.log_path).unwrap_or_default();
     let io_lost = io_lost_by_containerd(&containerd_log);
+    judge_exits(&mut report, &seen, &io_lost);
+    excuse_exits_containerd_did_not_write_down(
+        &mut report,
+        &seen,
+        &exits_unwritten_on_a_full_root(&containerd_log),
+    );
     excuse_io_lost_by_containerd(&mut report, &io_lost);
     excuse_exits_cri_could_not_wait_for(
         &mut report,
@@ -1127,10 +1138,24 @@ fn init_exit_of(line: &str) -> Option<(String, Option<u32>)> {
 
 /// Exactly one TaskExit per task: duplicates fail; a missing one fails
 /// unless the task ended while containerd (and so the subscriber) was down.
-fn judge_exits(r: &mut ChaosReport, seen: &ExitsSeen) {
+///
+/// One duplicate is containerd's: when a task's connection to its shim
+/// closes while the task is still in containerd's task list (its shim was
+/// killed, even mid-Delete, or CRI's recovery lost the container and its
+/// Delete never came), containerd's cleanup of the dead shim publishes a
+/// TaskExit of its own, with the 137 the shim's `delete` answers. Such a
+/// task (in `lost`, or killed with its shim) whose later TaskExits all say
+/// 137 is counted apart, under either shim.
+fn judge_exits(r: &mut ChaosReport, seen: &ExitsSeen, lost: &BTreeSet<String>) {
     for t in &r.tasks {
-        let n = seen.get(&t.id).map_or(0, Vec::len);
-        if n > 1 {
+        let told = seen.get(&t.id).map(Vec::as_slice).unwrap_or_default();
+        let n = told.len();
+        let by_cleanup = (t.shim_killed || lost.contains(&t.id))
+            && told[1.min(n)..].iter().all(|(code, _)| *code == Some(137));
+        if n > 1 && by_cleanup {
+            r.exits_republished_by_containerd
+                .push(format!("{}: {n} TaskExit", t.id));
+        } else if n > 1 {
             r.duplicate_exits.push(format!("{}: {n} TaskExit", t.id));
         } else if n == 0 {
             let at = t.got.as_ref().map(|g| g.2).unwrap_or(0);
@@ -1148,13 +1173,26 @@ fn judge_exits(r: &mut ChaosReport, seen: &ExitsSeen) {
 }
 
 /// A task CRI reports as 255 (Unknown) whose one TaskExit carried its
-/// real code, sent while containerd's root was full: the shim told the
-/// exit, containerd could not write it down (its status checkpoint fails
-/// with ENOSPC, its event handler backs off) and, restarted before it
-/// could, found the task gone and the status unwritten. containerd's loss,
-/// the same under either shim: counted apart, not as the shim's problem.
-fn excuse_lost_by_a_full_root(r: &mut ChaosReport, seen: &ExitsSeen) {
+/// real code, which containerd could not write down before a restart: the
+/// shim told the exit, and containerd, restarted, found the task gone and
+/// the status unwritten. containerd's loss, the same under either shim:
+/// counted apart, not as the shim's problem. Two ways it happens:
+/// - on a full root: containerd's status checkpoint fails with ENOSPC and
+///   its event handler backs off. Known from its log (`unwritten`: the
+///   exit status its handling of the TaskExit failed to write on "no space
+///   left on device"), or, where the log says nothing, from the TaskExit
+///   arriving while the root was full;
+/// - at its own shutdown: the TaskExit came less than [`UNKNOWN_GRACE`]
+///   before containerd went down, while CRI was still deleting the task
+///   it must delete before it writes the status.
+fn excuse_exits_containerd_did_not_write_down(
+    r: &mut ChaosReport,
+    seen: &ExitsSeen,
+    unwritten: &BTreeMap<String, u32>,
+) {
     let full = r.full_roots.clone();
+    let downs = r.downtimes.clone();
+    let s = 1_000_000_000i64;
     for t in &mut r.tasks {
         let Some((255, reason, _)) = &t.got else {
             continue;
@@ -1163,17 +1201,48 @@ fn excuse_lost_by_a_full_root(r: &mut ChaosReport, seen: &ExitsSeen) {
             continue;
         }
         let told = seen.get(&t.id).map(Vec::as_slice).unwrap_or_default();
-        let right = matches!(told, [(Some(code), at)]
-            if *code as i32 == t.want_code
-                && full.iter().any(|w| *at >= w.from_ns - 1_000_000_000 && *at <= w.to_ns.saturating_add(1_000_000_000)));
-        if right {
-            r.lost_by_full_root.push(format!(
-                "{}: TaskExit said {}, CRI says 255 (Unknown)",
-                t.id, t.want_code
-            ));
-            t.problem = None;
+        let [(Some(code), at)] = told else {
+            continue;
+        };
+        if *code as i32 != t.want_code {
+            continue;
         }
+        let on_full_root = unwritten.get(&t.id) == Some(code)
+            || full
+                .iter()
+                .any(|w| *at >= w.from_ns - s && *at <= w.to_ns.saturating_add(s));
+        let at_shutdown = downs
+            .iter()
+            .any(|d| d.from_ns >= *at && d.from_ns - *at < UNKNOWN_GRACE.as_nanos() as i64);
+        let line = format!("{}: TaskExit said {code}, CRI says 255 (Unknown)", t.id);
+        if on_full_root {
+            r.lost_by_full_root.push(line);
+        } else if at_shutdown {
+            r.lost_at_shutdown.push(line);
+        } else {
+            continue;
+        }
+        t.problem = None;
     }
+}
+
+/// What containerd's log says it failed to write down on a full root: per
+/// container, the exit status of a TaskExit whose handling failed on "no
+/// space left on device".
+fn exits_unwritten_on_a_full_root(containerd_log: &str) -> BTreeMap<String, u32> {
+    const ID: &str = "TaskExit{ContainerID:";
+    const STATUS: &str = "ExitStatus:";
+    containerd_log
+        .lines()
+        .filter(|l| l.contains("no space left on device"))
+        .filter_map(|l| {
+            let rest = &l[l.find(ID)? + ID.len()..];
+            let id = &rest[..rest.find(',')?];
+            let st = &rest[rest.find(STATUS)? + STATUS.len()..];
+            let code = st[..st.find(',')?].parse().ok()?;
+            Some((id.to_string(), code))
+        })
+        .collect()
 }
 
 /// The containers containerd says it could not recover because their IO
@@ -1184,14 +1253,25 @@ fn excuse_lost_by_a_full_root(r: &mut ChaosReport, seen: &ExitsSeen) {
 /// keeps the container UNKNOWN. No shim takes part in it (the same
 /// happens under the stock shim); what the shim must still do is end and
 /// delete the task when CRI asks (judged by the leak checks).
+///
+/// A container CRI's recovery could not load at all because it could not
+/// write its status on a full root ("Failed to load container" … "no space
+/// left on device") is lost the same way: CRI drops it from its store.
 fn io_lost_by_containerd(containerd_log: &str) -> BTreeSet<String> {
-    const MARK: &str = r#"Failed to load container status for \""#;
+    let id_after = |l: &str, mark: &str| {
+        let rest = &l[l.find(mark)? + mark.len()..];
+        Some(rest[..rest.find('\\')?].to_string())
+    };
     containerd_log
         .lines()
-        .filter(|l| l.contains("error creating fifo"))
         .filter_map(|l| {
-            let rest = &l[l.find(MARK)? + MARK.len()..];
-            Some(rest[..rest.find('\\')?].to_string())
+            if l.contains("error creating fifo") {
+                id_after(l, r#"Failed to load container status for \""#)
+            } else if l.contains("no space left on device") {
+                id_after(l, r#"Failed to load container \""#)
+            } else {
+                None
+            }
         })
         .collect()
 }
@@ -1453,10 +1533,12 @@ impl ChaosReport {
             oom_right
         ));
         s.push_str(&format!(
-            "TaskExit: {} duplicated, {} missing, {} not seen while containerd was down\n",
+            "TaskExit: {} duplicated, {} missing, {} not seen while containerd was down, {} sent again (137) by containerd's cleanup of a dead shim {:?}\n",
             self.duplicate_exits.len(),
             self.missing_exits.len(),
-            self.exits_unseen_in_downtime
+            self.exits_unseen_in_downtime,
+            self.exits_republished_by_containerd.len(),
+            self.exits_republished_by_containerd
         ));
         s.push_str(&format!(
             "exits told right by the shim, lost by containerd on a full root and a restart: {} {:?}\n",
@@ -1464,7 +1546,12 @@ impl ChaosReport {
             self.lost_by_full_root
         ));
         s.push_str(&format!(
-            "containers whose IO containerd removed and could not reopen: {} {:?}\n",
+            "exits told right by the shim, cut off by containerd's shutdown: {} {:?}\n",
+            self.lost_at_shutdown.len(),
+            self.lost_at_shutdown
+        ));
+        s.push_str(&format!(
+            "containers containerd's recovery lost (IO it removed, or a status it could not write on a full root): {} {:?}\n",
             self.io_lost_by_containerd.len(),
             self.io_lost_by_containerd
         ));
@@ -1566,11 +1653,84 @@ mod tests {
         seen.insert("b".to_string(), vec![(Some(18), 30 * s)]);
         // c: told a wrong code: the shim's problem.
         seen.insert("c".to_string(), vec![(Some(255), 12 * s)]);
-        excuse_lost_by_a_full_root(&mut r, &seen);
+        excuse_exits_containerd_did_not_write_down(&mut r, &seen, &BTreeMap::new());
         assert_eq!(r.lost_by_full_root.len(), 1, "{:?}", r.lost_by_full_root);
         assert!(r.tasks[0].problem.is_none());
         assert!(r.tasks[1].problem.is_some());
         assert!(r.tasks[2].problem.is_some());
+    }
+
+    /// The long run's 3684a60a: the TaskExit (code 0) came before the root
+    /// filled, CRI's Delete waited 5 s on a hung `runc delete`, and the
+    /// status write after it failed on ENOSPC; then a restart.
+    #[test]
+    fn an_exit_whose_write_containerd_logged_failing_on_enospc_is_containerds() {
+        let log = concat!(
+            r#"time="2026-12-04T19:06:52.693344615Z" level=error msg="failed to handle container TaskExit event &TaskExit{ContainerID:3684,ID:3684,Pid:31909,ExitStatus:0,ExitedAt:2026-12-04 19:06:47.707742301 +0000 UTC,XXX_unrecognized:[],}" error="failed to update container state: failed to checkpoint status to \"/x/status\": write /x/.tmp-status1: no space left on device""#,
+            "\n",
+            r#"time="2026-12-04T19:06:54.270475727Z" level=error msg="Failed to handle backOff event &TaskExit{ContainerID:fea7,ID:fea7,Pid:32394,ExitStatus:28,ExitedAt:2026-12-04 19:06:47.854250212 +0000 UTC,XXX_unrecognized:[],} for fea7" error="failed to handle container TaskExit event: failed to update container state: failed to checkpoint status to \"/x/status\": write /x/.tm: no space left on device""#,
+            "\n",
+            r#"time="2026-12-04T19:06:52.670045734Z" level=error msg="failed to handle container TaskExit event &TaskExit{ContainerID:other,ID:other,Pid:1,ExitStatus:9,ExitedAt:2026-12-04 19:06:47 +0000 UTC,XXX_unrecognized:[],}" error="failed to stop container: failed to delete task: ttrpc: closed: unknown""#,
+            "\n",
+        );
+        let unwritten = exits_unwritten_on_a_full_root(log);
+        assert_eq!(
+            unwritten,
+            BTreeMap::from([("3684".to_string(), 0), ("fea7".to_string(), 28)])
+        );
+        let s = 1_000_000_000i64;
+        let task = |id: &str, want_code| TaskRecord {
+            id: id.into(),
+            want_code,
+            oom: false,
+            shim_killed: false,
+            got: Some((255, "Unknown".into(), 60 * s)),
+            problem: Some("wrong".into()),
+        };
+        let mut r = ChaosReport {
+            tasks: vec![task("3684", 0), task("other", 9)],
+            ..Default::default()
+        };
+        let mut seen = BTreeMap::new();
+        seen.insert("3684".to_string(), vec![(Some(0), 10 * s)]);
+        seen.insert("other".to_string(), vec![(Some(9), 10 * s)]);
+        excuse_exits_containerd_did_not_write_down(&mut r, &seen, &unwritten);
+        assert!(r.tasks[0].problem.is_none());
+        assert!(
+            r.tasks[1].problem.is_some(),
+            "no ENOSPC, no full root, no restart"
+        );
+        assert_eq!(r.lost_by_full_root.len(), 1);
+    }
+
+    /// The long run's 54676388: its TaskExit (33) came 34 ms before
+    /// containerd's SIGTERM, whose shutdown cut off CRI's handling of it.
+    #[test]
+    fn an_exit_told_just_before_containerd_went_down_is_containerds() {
+        let s = 1_000_000_000i64;
+        let task = |id: &str| TaskRecord {
+            id: id.into(),
+            want_code: 33,
+            oom: false,
+            shim_killed: false,
+            got: Some((255, "Unknown".into(), 60 * s)),
+            problem: Some("wrong".into()),
+        };
+        let mut r = ChaosReport {
+            tasks: vec![task("cut"), task("long-before")],
+            downtimes: vec![Downtime {
+                from_ns: 20 * s,
+                to_ns: 21 * s,
+            }],
+            ..Default::default()
+        };
+        let mut seen = BTreeMap::new();
+        seen.insert("cut".to_string(), vec![(Some(33), 20 * s - 34_000_000)]);
+        seen.insert("long-before".to_string(), vec![(Some(33), 10 * s)]);
+        excuse_exits_containerd_did_not_write_down(&mut r, &seen, &BTreeMap::new());
+        assert!(r.tasks[0].problem.is_none());
+        assert!(r.tasks[1].problem.is_some());
+        assert_eq!(r.lost_at_shutdown.len(), 1);
     }
 
     #[test]
@@ -1610,9 +1770,14 @@ mod tests {
             "\n",
             r#"time="2026-12-04T02:19:13.0Z" level=error msg="Failed to load container status for \"other\"" error="failed to load task: context deadline exceeded""#,
             "\n",
+            r#"time="2026-12-04T19:13:18.060120560Z" level=error msg="Failed to load container \"ad5afb\"" error="failed to checkpoint status to \"/x/containers/ad5afb/status\": write /x/.tmp-status1: no space left on device""#,
+            "\n",
         );
         let lost = io_lost_by_containerd(log);
-        assert_eq!(lost, BTreeSet::from(["87de41".to_string()]));
+        assert_eq!(
+            lost,
+            BTreeSet::from(["87de41".to_string(), "ad5afb".to_string()])
+        );
         let task = |id: &str| TaskRecord {
             id: id.into(),
             want_code: 112,
@@ -1667,6 +1832,42 @@ mod tests {
         assert!(r.tasks[1].problem.is_some());
         assert!(r.tasks[2].problem.is_some());
         assert_eq!(r.exits_set_by_cri.len(), 1);
+    }
+
+    #[test]
+    fn a_second_taskexit_from_containerds_cleanup_of_a_dead_shim_is_containerds() {
+        let task = |id: &str, shim_killed| TaskRecord {
+            id: id.into(),
+            want_code: 50,
+            oom: false,
+            shim_killed,
+            got: Some((50, "Error".into(), 1)),
+            problem: None,
+        };
+        let mut r = ChaosReport {
+            tasks: vec![
+                task("killed", true),
+                task("lost", false),
+                task("live", false),
+                task("killed-wrong", true),
+            ],
+            ..Default::default()
+        };
+        let seen = BTreeMap::from([
+            ("killed".to_string(), vec![(Some(50), 1), (Some(137), 2)]),
+            ("lost".to_string(), vec![(Some(50), 1), (Some(137), 2)]),
+            // Under a live shim a second TaskExit is the shim's.
+            ("live".to_string(), vec![(Some(50), 1), (Some(137), 2)]),
+            // Not what the dead shim's cleanup sends.
+            (
+                "killed-wrong".to_string(),
+                vec![(Some(50), 1), (Some(50), 2)],
+            ),
+        ]);
+        judge_exits(&mut r, &seen, &BTreeSet::from(["lost".to_string()]));
+        assert_eq!(r.exits_republished_by_containerd.len(), 2);
+        assert_eq!(r.duplicate_exits.len(), 2, "{:?}", r.duplicate_exits);
+        assert!(r.duplicate_exits[0].starts_with("live"));
     }
 
     #[test]
