@@ -313,6 +313,18 @@ impl Container {
 
     /// The `runc delete` of the early delete or of Delete ended: runc's
     /// state is gone, or it failed.
+    /// Delete found the early `runc delete` failed (a runc hung past its
+    /// timeout): it runs one of its own now, as it would have had the
+    /// failure come before it began. True when that is now Delete's to do.
+    pub fn retry_runc_removal(&mut self) -> bool {
+        if self.life.runc != RuncState::Failed {
+            return false;
+        }
+        self.life.runc = RuncState::Removing;
+        self.changed();
+        true
+    }
+
     pub fn runc_removed(&mut self, gone: bool) {
         if self.life.runc == RuncState::Removing {
             self.life.runc = if gone {

@@ -101,11 +101,23 @@ impl TaskService {
                 })
                 .await;
                 debug!(id, waited = ?waited.elapsed(), "delete waited for the runc delete started at the exit");
-                if outcome != Some(RuncState::Gone) {
-                    return Err(ShimError::Other(format!(
-                        "runc delete of {id} failed; see the shim log"
-                    )));
+                if outcome == Some(RuncState::Gone) {
+                    return Ok(());
                 }
+                // A hung runc may have passed by now: once more, Delete's own.
+                if outcome == Some(RuncState::Failed) && container::lock(c).retry_runc_removal() {
+                    info!(
+                        id,
+                        "the runc delete started at the exit failed; delete tries again"
+                    );
+                    let runc = container::lock(c).runc.clone();
+                    let done = runc_delete_or_force(&*runc, id, false).await;
+                    container::lock(c).runc_removed(done.is_ok());
+                    return done.map_err(Into::into);
+                }
+                return Err(ShimError::Other(format!(
+                    "runc delete of {id} failed; see the shim log"
+                )));
             }
             RuncCleanup::Delete { force } => {
                 // Not beside a runc call still running detached.

@@ -54,6 +54,43 @@ async fn a_failed_delete_can_be_retried_and_finishes_the_job() {
     assert_eq!(code(&e), Code::NOT_FOUND, "{e}");
 }
 
+/// The long chaos run's fb16ff88: the early `runc delete` at the exit
+/// timed out twice (a runc hung for 5 s), and containerd's Delete, sent by
+/// its recovery after a restart, failed at once on that outcome; CRI kept
+/// the container UNKNOWN until a StopContainer. The hang had passed: Delete
+/// tries once more itself before it fails.
+#[tokio::test]
+async fn delete_after_a_failed_early_runc_delete_tries_again_itself() {
+    let shim = Shim::new();
+    let (req, _workdir) = shim.request_with_rootfs("c1");
+    let pid = shim.svc.create(&req).await.unwrap();
+    shim.svc.start_init("c1").await.unwrap();
+    // Only the early delete at the exit fails (plain, then forced), and
+    // its forced try is held until Delete waits for it.
+    shim.runc()
+        .fault("delete", Fault::Fail("timed out after 3s"), 1);
+    shim.runc()
+        .fault("delete --force", Fault::Fail("timed out after 3s"), 1);
+    let forced = shim.runc().hold("delete --force");
+    shim.reap(pid, 7).await;
+    forced.entered(1).await;
+    let svc = shim.svc.clone();
+    let delete = tokio::spawn(async move { svc.delete("c1", "").await });
+    settle().await;
+    forced.release();
+
+    let d = within(delete)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("Delete after a failed early runc delete: {e}"));
+    assert_eq!(d.exit_status, 7);
+    assert!(!shim.runc().has_state("c1"));
+    assert_eq!(
+        shim.exits_and_deletes(),
+        vec![Ev::Exit("c1".into(), 7), Ev::Delete("c1".into(), 7)]
+    );
+}
+
 /// Item 1, a created container: its forced runc delete fails once.
 #[tokio::test]
 async fn a_failed_delete_of_a_created_container_can_be_retried() {
