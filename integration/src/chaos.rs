@@ -187,6 +187,11 @@ pub struct ChaosReport {
     pub update_calls: usize,
     /// Updates that failed while containerd was up, with their error.
     pub update_failures_up: Vec<String>,
+    /// Updates the brisk shim itself logged as slower than 100 ms ("slow
+    /// task call"), with the time it gave: an Update slow in containerd's
+    /// eyes but not in the shim's waited in containerd (its metadata
+    /// store, written under the same status lock).
+    pub updates_slow_in_the_shim: Vec<String>,
     pub leaks: Vec<String>,
     pub zombies: Vec<String>,
     pub elapsed: Duration,
@@ -447,6 +452,7 @@ fn run_on(
     judge_lists(&mut report, &lists, &updates.timed);
     report.update_calls = updates.timed.len();
     report.update_failures_up = updates.failures;
+    report.updates_slow_in_the_shim = updates_slow_in_the_shim(&containerd_log);
     for t in &report.tasks {
         cd.track_id("k8s.io", &t.id);
     }
@@ -1226,6 +1232,24 @@ fn excuse_exits_containerd_did_not_write_down(
     }
 }
 
+/// The brisk shim's "slow task call" lines for Update in containerd's log,
+/// as "ID took=…".
+fn updates_slow_in_the_shim(containerd_log: &str) -> Vec<String> {
+    containerd_log
+        .lines()
+        .filter(|l| l.contains(r#"msg="slow task call""#) && l.contains("call=update"))
+        .map(|l| {
+            let field = |k: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            format!("{} took={}", field("id="), field("took="))
+        })
+        .collect()
+}
+
 /// What containerd's log says it failed to write down on a full root: per
 /// container, the exit status of a TaskExit whose handling failed on "no
 /// space left on device".
@@ -1588,6 +1612,11 @@ impl ChaosReport {
             self.update_max_up
         ));
         s.push_str(&format!(
+            "Updates the shim itself took over 100 ms on: {} {:?}\n",
+            self.updates_slow_in_the_shim.len(),
+            self.updates_slow_in_the_shim
+        ));
+        s.push_str(&format!(
             "leaks: {:?}\nzombies: {:?}\n",
             self.leaks, self.zombies
         ));
@@ -1868,6 +1897,17 @@ mod tests {
         assert_eq!(r.exits_republished_by_containerd.len(), 2);
         assert_eq!(r.duplicate_exits.len(), 2, "{:?}", r.duplicate_exits);
         assert!(r.duplicate_exits[0].starts_with("live"));
+    }
+
+    #[test]
+    fn the_shims_own_slow_updates_are_read_from_containerds_log() {
+        let log = concat!(
+            r#"time="2026-12-04T19:11:35.6Z" level=warning msg="slow task call" call=update id=27f6 took=412.5ms runtime=io.containerd.brisk.v2"#,
+            "\n",
+            r#"time="2026-12-04T19:11:35.7Z" level=warning msg="slow task call" call=delete id=27f6 took=3.1s runtime=io.containerd.brisk.v2"#,
+            "\n",
+        );
+        assert_eq!(updates_slow_in_the_shim(log), vec!["27f6 took=412.5ms"]);
     }
 
     #[test]

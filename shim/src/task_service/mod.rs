@@ -141,8 +141,18 @@ impl Timed {
     }
 }
 
+/// Task calls slower than this are logged as warnings: containerd may hold
+/// a lock of CRI's while it waits for one (an Update holds the container's
+/// status lock), and the shim's own time is what tells whose stall it was.
+const SLOW_TASK_CALL: Duration = Duration::from_millis(100);
+
 impl Drop for Timed {
     fn drop(&mut self) {
-        debug!(call = self.0, id = %self.2, took = ?self.1.elapsed(), "task call");
+        let took = self.1.elapsed();
+        if took > SLOW_TASK_CALL {
+            warn!(call = self.0, id = %self.2, ?took, "slow task call");
+        } else {
+            debug!(call = self.0, id = %self.2, ?took, "task call");
+        }
     }
 }
