@@ -27,6 +27,7 @@ use crate::{
     error::{Result, ShimError},
     metrics_socket, rootfs,
     shim_socket::{self, Probe},
+    unmount,
 };
 
 /// Cleans up after the shim of `id` in `bundle` if it died, and prints the
@@ -78,7 +79,7 @@ async fn cleanup(namespace: &str, id: &str, bundle: &Path) -> Result<()> {
         info!(id, "no runc state left");
     }
     let target = rootfs::rootfs_of(bundle);
-    tokio::task::spawn_blocking(move || rootfs::unmount_all(&target))
+    tokio::task::spawn_blocking(move || unmount::unmount_all(&target))
         .await
         .map_err(|e| ShimError::Other(e.to_string()))??;
     let Some((path, probe)) = socket else {

@@ -48,4 +48,5 @@ pub mod start_input;
 pub mod stdio;
 pub mod task_service;
 pub mod trace_context;
+pub mod unmount;
 pub mod volatile;

@@ -8,7 +8,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 use containerd_shim_protos::api::Mount;
 use runc_wrapper::{Runc, RuncApi};
 
-use crate::{config::RuntimeConfig, error::Result, reaper::Reaper, rootfs};
+use crate::{config::RuntimeConfig, error::Result, reaper::Reaper, rootfs, unmount};
 
 pub trait Platform: Send + Sync {
     /// The runc that runs a container with these settings.
@@ -51,6 +51,6 @@ impl Platform for System {
     }
 
     fn unmount(&self, target: &Path) -> Result<Duration> {
-        rootfs::unmount_all_in_child(target, &self.reaper)
+        unmount::unmount_all_in_child(target, &self.reaper)
     }
 }
