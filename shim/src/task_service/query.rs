@@ -3,9 +3,14 @@
 //! State and Wait never call runc, so they answer at once whatever runc or
 //! an unmount is doing.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use containerd_shim_protos::{api, protobuf::MessageField};
+
+use tracing::warn;
 
 use super::{runc_call::CallInFlight, runc_call::Outcome, timestamp, TaskService};
 use crate::{
@@ -14,6 +19,10 @@ use crate::{
     process_state::ExitInfo,
     stdio,
 };
+
+/// How long Wait waits for containerd to take the events queued before
+/// the exit it answers.
+const EVENTS_BEFORE_WAIT: Duration = Duration::from_secs(2);
 
 impl TaskService {
     pub(super) fn state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse> {
@@ -46,12 +55,29 @@ impl TaskService {
         Ok(resp)
     }
 
+    /// Answers once the process's exit is told, and once containerd has
+    /// taken the events queued before it. containerd's CRI records a
+    /// container's exit from this answer and its OOM kill from the TaskOOM
+    /// event, in two goroutines: answered while the TaskOOM still waits to
+    /// reach containerd (its connection being remade after a restart), the
+    /// exit is recorded as "Error", and a client that reads that status
+    /// and removes the container never sees OOMKilled. Bounded: containerd
+    /// asking for the exit takes events too, unless it is in trouble.
     pub(super) async fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
         let c = self.container(id)?;
         let mut rx = container::lock(&c).process(exec_id)?.subscribe_told();
         let gone = || ShimError::Other(format!("{id}: process gone without exit"));
         let exit = *rx.wait_for(Option::is_some).await.map_err(|_| gone())?;
-        exit.ok_or_else(gone)
+        let exit = exit.ok_or_else(gone)?;
+        // The exit is told under the container's lock, with its TaskExit
+        // and the TaskOOM before it queued in the same critical section:
+        // once the lock is free, they are in the queue.
+        drop(container::lock(&c));
+        let started = Instant::now();
+        if !self.inner.events.flushed(EVENTS_BEFORE_WAIT).await {
+            warn!(id, exec_id, waited = ?started.elapsed(), "containerd has not taken the events before the exit; answering Wait anyway");
+        }
+        Ok(exit)
     }
 
     /// The container's processes (`runc ps`), or, once its init has exited

@@ -153,6 +153,35 @@ async fn wait_returns_once_the_exit_is_published() {
     assert!(shim.exits_and_deletes().contains(&Ev::Exit("c1".into(), 3)));
 }
 
+/// CRI records a container's exit from its Wait and its OOM kill from the
+/// TaskOOM event, in two goroutines: a Wait answered while the TaskOOM
+/// still waits to reach containerd (its connection being remade after a
+/// restart) has the container recorded "Error", and a client that reads
+/// that status and removes the container never sees OOMKilled (the chaos
+/// soak's 5726be44). Wait answers once containerd has taken the events
+/// queued before the exit.
+#[tokio::test]
+async fn wait_answers_once_containerd_has_the_events_before_the_exit() {
+    let (shim, handled) = Shim::with_events_held();
+    let pid = shim.run("c1").await;
+    let svc = shim.svc.clone();
+    let wait = tokio::spawn(async move { svc.wait("c1", "").await });
+    shim.reap(pid, 137).await;
+    let queued = shim.events().len() as u64;
+    assert!(
+        shim.exits_and_deletes()
+            .contains(&Ev::Exit("c1".into(), 137)),
+        "the exit is told"
+    );
+    settle().await;
+    assert!(
+        !wait.is_finished(),
+        "Wait answered before containerd had the events before the exit"
+    );
+    handled.through(queued);
+    assert_eq!(within(wait).await.unwrap().unwrap().status, 137);
+}
+
 /// Item 5: the early runc delete does not run beside a runc call on the
 /// same container that is still running detached (here a hung update,
 /// answered "exiting" at the exit).

@@ -34,7 +34,7 @@ use super::TaskService;
 use crate::{
     detached::Detached,
     error::ShimError,
-    events::EventSink,
+    events::{EventSink, Handled},
     reaper::{Exit, Reaper},
 };
 
@@ -68,10 +68,22 @@ pub struct Shim {
 }
 
 impl Shim {
+    /// A shim whose events containerd takes as they are queued.
     pub fn new() -> Shim {
+        let (events, rx) = EventSink::channel("test".into());
+        Shim::with_events(events, rx)
+    }
+
+    /// A shim whose events containerd takes only as the returned
+    /// [`Handled`] says (a containerd slow to take them).
+    pub fn with_events_held() -> (Shim, Handled) {
+        let (events, rx, handled) = EventSink::channel_held("test".into());
+        (Shim::with_events(events, rx), handled)
+    }
+
+    fn with_events(events: EventSink, rx: mpsc::UnboundedReceiver<Envelope>) -> Shim {
         let platform = Arc::new(FakePlatform::default());
         let reaper = Reaper::default();
-        let (events, rx) = EventSink::channel("test".into());
         let exit = Arc::new(ExitSignal::default());
         let detached = Detached::default();
         let svc = TaskService::with_platform(
