@@ -6,12 +6,20 @@
 //! (at the exit, see `detached`), so nothing is asked of runc then: a second
 //! `runc delete` would race the shim's own and cost containerd a runc start
 //! on every exit.
+//!
+//! containerd gives this command 5 s (`io.containerd.timeout.shim.cleanup`)
+//! and then kills it, and nobody runs it again while containerd runs: what
+//! it has not removed by then stays. So runc gets a bound of its own, and a
+//! `runc delete --force` that fails or hangs (a loaded node, a runc hung
+//! past its timeout) is followed by what it would have done, by hand: the
+//! container's processes killed through its cgroups, the cgroups and runc's
+//! state directory removed.
 
 use std::{
     io::Write,
     path::{Path, PathBuf},
     sync::Arc,
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use containerd_shim::util::convert_to_timestamp;
@@ -23,12 +31,19 @@ use runc_wrapper::{DirectWait, Runc};
 use tracing::{info, warn};
 
 use crate::{
+    bundle_spec::BundleSpec,
+    cgroup,
     config::RuntimeConfig,
     error::{Result, ShimError},
-    metrics_socket, rootfs,
+    metrics_socket, rootfs, runc_leftovers,
     shim_socket::{self, Probe},
     unmount,
 };
+
+/// The longest `runc delete --force` may take here: with the removal by
+/// hand after it and the unmount, the cleanup stays well within the 5 s
+/// containerd gives it.
+const RUNC_BOUND: Duration = Duration::from_secs(2);
 
 /// Cleans up after the shim of `id` in `bundle` if it died, and prints the
 /// `DeleteResponse` containerd reads.
@@ -51,29 +66,28 @@ pub async fn run(namespace: &str, id: &str, bundle: &Path) -> Result<()> {
 }
 
 async fn cleanup(namespace: &str, id: &str, bundle: &Path) -> Result<()> {
+    // Both become path components below (runc's root, its state directory).
+    crate::identifiers::validate("container id", id)?;
+    crate::identifiers::validate("namespace", namespace)?;
     let socket = bundle_socket(bundle);
     if let Some((path, Probe::Served)) = &socket {
         info!(id, socket = %path.display(), "the pod's shim still serves; it cleans up after the container");
         return Ok(());
     }
     let cfg = RuntimeConfig::load_saved(bundle, namespace);
+    let bound = RUNC_BOUND.min(Duration::from_secs(cfg.runc_timeout_secs));
     let runc = Runc::new(&cfg.runc_binary, &cfg.runc_root, Arc::new(DirectWait))
-        .with_systemd_cgroup(cfg.systemd_cgroup);
-    if runc.root().join(id).exists() {
-        // Nobody asks again after this: a failure here leaves the state and
-        // cgroups for good, so a failure that may pass (a busy node) gets a
-        // second try.
-        for attempt in 1..=2 {
-            match runc.delete(id, true).await {
-                Ok(()) => info!(id, "runc state removed"),
-                Err(e) if e.is_not_found() => info!(id, "no runc state left"),
-                Err(e) if attempt == 1 => {
-                    warn!(id, error = %e, "runc delete --force failed; trying once more");
-                    continue;
-                }
-                Err(e) => warn!(id, error = %e, "runc delete --force failed"),
+        .with_systemd_cgroup(cfg.systemd_cgroup)
+        .with_timeout(bound);
+    let state = runc.root().join(id);
+    if state.exists() {
+        match runc.delete(id, true).await {
+            Ok(()) => info!(id, "runc state removed"),
+            Err(e) if e.is_not_found() => info!(id, "no runc state left"),
+            Err(e) => {
+                warn!(id, error = %e, "runc delete --force failed; removing the container by hand");
+                remove_by_hand(id, bundle, state, cfg.systemd_cgroup).await;
             }
-            break;
         }
     } else {
         info!(id, "no runc state left");
@@ -95,6 +109,37 @@ async fn cleanup(namespace: &str, id: &str, bundle: &Path) -> Result<()> {
         remove_dead_socket(&figures);
     }
     Ok(())
+}
+
+/// What `runc delete --force` does, for when runc cannot: kill the
+/// container's processes through its cgroups (the spec in the bundle says
+/// where they are) and remove them, then runc's state directory, with any
+/// mount a killed runc left in it. A hung runc that goes on later finds
+/// nothing left to delete.
+async fn remove_by_hand(id: &str, bundle: &Path, state: PathBuf, systemd: bool) {
+    let cgroups_path = match BundleSpec::load(bundle) {
+        Ok(spec) => spec.cgroups_path().map(str::to_string),
+        Err(e) => {
+            warn!(id, error = %e, "the container's cgroups are unknown; left");
+            None
+        }
+    };
+    let id = id.to_string();
+    let done = tokio::task::spawn_blocking(move || {
+        if let Some(path) = cgroups_path {
+            cgroup::remove_leftover(&path, systemd);
+        }
+        runc_leftovers::unmount_under(&state);
+        match std::fs::remove_dir_all(&state) {
+            Ok(()) => info!(id, state = %state.display(), "runc state removed by hand"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(id, state = %state.display(), error = %e, "runc state not removed"),
+        }
+    })
+    .await;
+    if let Err(e) = done {
+        warn!(error = %e, "removal by hand ended early");
+    }
 }
 
 fn remove_dead_socket(path: &Path) {

@@ -179,9 +179,10 @@ fn shim_sigkill_with_exiting_container_brisk() {
     cd.finish();
 }
 
-/// A dead shim's cleanup that cannot remove what the shim left (here
-/// `runc delete` fails) says so where operators look: containerd puts the
-/// `delete` command's warnings in its own log.
+/// A dead shim's cleanup whose `runc delete` fails says so where
+/// operators look (containerd puts the `delete` command's warnings in its
+/// own log), and removes the container by hand: nobody runs the cleanup
+/// again while containerd runs.
 #[test]
 fn dead_shim_cleanup_failure_reaches_containerds_log() {
     let Some(cd) = common::start_with(BRISK_HANDLER, common::wrapper_options()) else {
@@ -217,16 +218,18 @@ fn dead_shim_cleanup_failure_reaches_containerds_log() {
         std::thread::sleep(Duration::from_millis(100));
     };
     eprintln!("containerd logged: {line}");
-    // What the failed cleanup left, removed with the real runc.
+    let state = std::path::Path::new(RUNC_STATE_ROOTS[1])
+        .join("k8s.io")
+        .join(&victim);
+    assert!(
+        !state.exists(),
+        "{} left\n{}",
+        state.display(),
+        cd.log_tail(30)
+    );
+    let cgroups = cd.container_cgroup_dirs(&victim);
+    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
     wrapper.unfail("delete");
-    let root = std::path::Path::new(RUNC_STATE_ROOTS[1]).join("k8s.io");
-    let st = std::process::Command::new(brisk_integration::fault::real_runc())
-        .arg("--root")
-        .arg(&root)
-        .args(["delete", "--force", &victim])
-        .status()
-        .expect("run runc");
-    assert!(st.success(), "runc delete --force {victim}: {st}");
     cri.stop_pod(&pod.id).expect("StopPodSandbox");
     cri.remove_pod(&pod.id).expect("RemovePodSandbox");
     cd.assert_no_leaks();
@@ -308,6 +311,58 @@ fn shim_killed_during_a_stuck_unmount_lets_go_at_once_brisk() {
         cri.wait_for_exited(id, Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("{id}: {e:#}\n{}", cd.log_tail(40)));
     }
+    cri.stop_pod(&pod.id).expect("StopPodSandbox");
+    cri.remove_pod(&pod.id).expect("RemovePodSandbox");
+    cd.assert_no_leaks();
+    cd.finish();
+}
+
+/// SIGKILL of a pod's shim while `runc delete` hangs past the shim's runc
+/// timeout (the chaos soak's hung runc meeting its shim kill). containerd
+/// gives the dead shim's cleanup (`containerd-shim-brisk-v2 delete`) 5 s
+/// before it kills it, and nobody runs it again while containerd runs: a
+/// cleanup that waits on the hung runc is killed with the container's
+/// runc state, cgroups, rootfs mount and bundle still there. It must end
+/// within containerd's bound and leave nothing, the hung runc
+/// notwithstanding.
+#[test]
+fn dead_shim_cleanup_with_runc_delete_hung_leaves_nothing() {
+    const HUNG: Duration = Duration::from_secs(8);
+    let mut options = common::wrapper_options();
+    if let Some(toml) = options.brisk_config_toml.as_mut() {
+        toml.push_str("runc_timeout_secs = 3\n");
+    }
+    let Some(cd) = common::start_with(BRISK_HANDLER, options) else {
+        return;
+    };
+    let wrapper = RuncWrapper::install(&cd.dir).expect("runc wrapper");
+    let cri = cd.cri();
+    let pod = cri
+        .run_pod_sandbox(BRISK_HANDLER, "shimkill5")
+        .expect("pod");
+    let victim = cri
+        .run_container(&pod, &ContainerSpec::new("victim", &["sleep", "1000"]))
+        .expect("victim");
+    wrapper.hang("delete", &[&victim]).unwrap();
+    let shims = common::handler_shims(&cd, BRISK_HANDLER);
+    assert_eq!(shims.len(), 1, "one shim: {shims:?}");
+    sys::kill(shims[0], libc::SIGKILL);
+    let killed = Instant::now();
+    assert!(sys::wait_gone(&shims, Duration::from_secs(10)));
+    cri.wait_for_exited(&victim, Duration::from_secs(60))
+        .expect("victim exited after shim death");
+    std::thread::sleep(HUNG.saturating_sub(killed.elapsed()));
+    // The hung runc goes on now, to find nothing left or to finish.
+    wrapper.release("delete");
+    let log = std::fs::read_to_string(&cd.log_path).unwrap_or_default();
+    let killed_cleanups: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("failed to delete dead shim") && l.contains(&victim))
+        .collect();
+    assert!(
+        killed_cleanups.is_empty(),
+        "containerd killed the dead shim's cleanup of {victim}: {killed_cleanups:?}"
+    );
     cri.stop_pod(&pod.id).expect("StopPodSandbox");
     cri.remove_pod(&pod.id).expect("RemovePodSandbox");
     cd.assert_no_leaks();

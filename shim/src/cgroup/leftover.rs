@@ -1,13 +1,16 @@
-//! The cgroups a `runc create` killed midway leaves behind. runc makes the
-//! container's cgroups before it writes the container's state; killed in
-//! between (at the shim's runc timeout, or by a containerd that went away),
-//! it leaves them, and `runc delete --force` then finds no container and
-//! removes only its state directory. Each such create would leave one
-//! empty cgroup per hierarchy below the pod's for as long as the node runs.
+//! The cgroups runc leaves when it cannot finish. A `runc create` killed
+//! midway (at the shim's runc timeout, or by a containerd that went away)
+//! has made the container's cgroups but not written its state, so `runc
+//! delete --force` then finds no container and removes only its state
+//! directory: each such create would leave one empty cgroup per hierarchy
+//! below the pod's for as long as the node runs. And a dead shim's
+//! container whose `runc delete --force` cannot run (a hung runc) still has
+//! its processes in them (`dead_shim.rs`).
 //!
-//! Only runc's cgroupfs driver is swept: with the systemd driver the
-//! container's cgroup is a transient scope, which systemd itself removes
-//! once it is empty.
+//! With runc's cgroupfs driver the processes are killed and the cgroups
+//! removed. With the systemd driver the container's cgroup is a transient
+//! scope, which systemd itself removes once it is empty: its processes are
+//! killed, and the rest is systemd's.
 
 use std::{
     io,
@@ -22,13 +25,14 @@ use super::{locate, CGROUP_ROOT};
 use crate::process_handle::ProcessHandle;
 
 /// How long a process left in such a cgroup (runc's init of the failed
-/// create) is waited for after its SIGKILL.
+/// create, a dead shim's container) is waited for after its SIGKILL.
 const KILL_WAIT_MS: i32 = 2000;
 
-/// Removes the cgroups `cgroups_path` names (cgroupfs driver) on every
-/// hierarchy of the node, after a failed create. Returns those removed.
-pub fn remove_after_failed_create(cgroups_path: &str) -> Vec<PathBuf> {
-    remove_under(&hierarchies(Path::new(CGROUP_ROOT)), cgroups_path)
+/// Kills what runs in the cgroups `cgroups_path` names on every hierarchy
+/// of the node and, with the cgroupfs driver (`systemd` false), removes
+/// them. Returns those removed.
+pub fn remove_leftover(cgroups_path: &str, systemd: bool) -> Vec<PathBuf> {
+    remove_under(&hierarchies(Path::new(CGROUP_ROOT)), cgroups_path, systemd)
 }
 
 /// The hierarchies below `root`: `root` itself on a unified node, else each
@@ -48,7 +52,7 @@ fn hierarchies(root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn remove_under(roots: &[PathBuf], cgroups_path: &str) -> Vec<PathBuf> {
+fn remove_under(roots: &[PathBuf], cgroups_path: &str, systemd: bool) -> Vec<PathBuf> {
     // The path comes from the bundle: it may not climb out of the roots.
     if Path::new(cgroups_path)
         .components()
@@ -62,7 +66,7 @@ fn remove_under(roots: &[PathBuf], cgroups_path: &str) -> Vec<PathBuf> {
     }
     let mut removed = Vec::new();
     for root in roots {
-        let Some(dir) = locate::container_dir(root, cgroups_path, false) else {
+        let Some(dir) = locate::container_dir(root, cgroups_path, systemd) else {
             continue;
         };
         // No symlink is followed: a real directory, or nothing to do.
@@ -71,13 +75,16 @@ fn remove_under(roots: &[PathBuf], cgroups_path: &str) -> Vec<PathBuf> {
         }
         let started = Instant::now();
         kill_members(&dir);
+        if systemd {
+            continue;
+        }
         match std::fs::remove_dir(&dir) {
             Ok(()) => {
-                info!(cgroup = %dir.display(), took = ?started.elapsed(), "cgroup of a failed create removed");
+                info!(cgroup = %dir.display(), took = ?started.elapsed(), "cgroup runc left removed");
                 removed.push(dir);
             }
             Err(e) => {
-                warn!(cgroup = %dir.display(), error = %e, "cgroup of a failed create not removed")
+                warn!(cgroup = %dir.display(), error = %e, "cgroup runc left not removed")
             }
         }
     }
@@ -85,7 +92,7 @@ fn remove_under(roots: &[PathBuf], cgroups_path: &str) -> Vec<PathBuf> {
 }
 
 /// SIGKILLs every process still in `dir` (a runc init whose `runc create`
-/// died; the container never ran) and waits for each to exit.
+/// died, a dead shim's container) and waits for each to exit.
 fn kill_members(dir: &Path) {
     let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
         return;
@@ -96,7 +103,7 @@ fn kill_members(dir: &Path) {
         };
         if handle.signal(libc::SIGKILL).is_ok() {
             if let Err(e) = wait_exit(&handle) {
-                warn!(pid, error = %e, "process of a failed create's cgroup did not exit");
+                warn!(pid, error = %e, "process of a cgroup runc left did not exit");
             }
         }
     }
@@ -132,7 +139,7 @@ mod tests {
         std::os::unix::fs::symlink("cpu,cpuacct", root.path().join("cpu")).unwrap();
         let roots = hierarchies(root.path());
         assert_eq!(roots.len(), 2, "{roots:?}");
-        let removed = remove_under(&roots, "/pod1/c1");
+        let removed = remove_under(&roots, "/pod1/c1", false);
         assert_eq!(removed.len(), 2, "{removed:?}");
         for h in ["memory", "cpu,cpuacct"] {
             assert!(!root.path().join(h).join("pod1/c1").exists());
@@ -140,13 +147,27 @@ mod tests {
         }
     }
 
+    /// With the systemd driver the scope is systemd's to remove.
+    #[test]
+    fn a_systemd_scope_is_left_to_systemd() {
+        let root = tempfile::tempdir().unwrap();
+        let scope = root
+            .path()
+            .join("unified/kubepods.slice/cri-containerd-c1.scope");
+        std::fs::create_dir_all(&scope).unwrap();
+        std::fs::write(scope.join("cgroup.procs"), "").unwrap();
+        let roots = vec![root.path().join("unified")];
+        assert!(remove_under(&roots, "kubepods.slice:cri-containerd:c1", true).is_empty());
+        assert!(scope.is_dir());
+    }
+
     #[test]
     fn a_path_that_climbs_or_is_not_there_removes_nothing() {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("memory/other")).unwrap();
         let roots = hierarchies(root.path());
-        assert!(remove_under(&roots, "/pod1/../other").is_empty());
+        assert!(remove_under(&roots, "/pod1/../other", false).is_empty());
         assert!(root.path().join("memory/other").is_dir());
-        assert!(remove_under(&roots, "/pod1/c9").is_empty());
+        assert!(remove_under(&roots, "/pod1/c9", false).is_empty());
     }
 }

@@ -129,8 +129,8 @@ async fn undo(u: Undo) {
             Err(e) => warn!(id, error = %e, "runc delete --force after a failed create"),
         }
         if let Some(path) = cgroups_path {
-            let _ = tokio::task::spawn_blocking(move || cgroup::remove_after_failed_create(&path))
-                .await;
+            let _ =
+                tokio::task::spawn_blocking(move || cgroup::remove_leftover(&path, false)).await;
         }
         if let Some(dir) = state_dir.filter(|d| is_dir(d)) {
             if !remove_state(&*runc, &id, &dir).await {
