@@ -311,8 +311,6 @@ impl Container {
         out
     }
 
-    /// The `runc delete` of the early delete or of Delete ended: runc's
-    /// state is gone, or it failed.
     /// Delete found the early `runc delete` failed (a runc hung past its
     /// timeout): it runs one of its own now, as it would have had the
     /// failure come before it began. True when that is now Delete's to do.
@@ -325,6 +323,8 @@ impl Container {
         true
     }
 
+    /// The `runc delete` of the early delete or of Delete ended: runc's
+    /// state is gone, or it failed.
     pub fn runc_removed(&mut self, gone: bool) {
         if self.life.runc == RuncState::Removing {
             self.life.runc = if gone {
