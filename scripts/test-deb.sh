@@ -137,7 +137,7 @@ dpkg --verify "$pkg" || fail "dpkg --verify $pkg: files changed"
 
 echo "== a brisk pod with the installed shim"
 BRISK_SHIM_BIN=/usr/bin/containerd-shim-brisk-v2 \
-    cargo test --release --quiet -p brisk-integration --test deploy -- --exact brisk_toml_example_runs_a_pod ||
+    cargo test --release --quiet --workspace --test deploy -- --exact brisk_toml_example_runs_a_pod ||
     fail "the installed shim does not run a pod"
 
 echo "== dpkg --purge $pkg"

@@ -105,7 +105,7 @@ mkdir -p "$logs"
 # directly, as cargo would (from the package directory). A cargo invocation
 # per lane would check the build again each time, or redo it where a build
 # script reruns.
-built=$(cargo test --release -p brisk-integration --test e2e --test deploy --no-run 2>&1) ||
+built=$(cargo test --release --workspace --test e2e --test deploy --no-run 2>&1) ||
     { echo "$built" >&2; exit 1; }
 declare -A TEST_BIN=()
 while read -r name path; do

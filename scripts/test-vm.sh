@@ -32,5 +32,5 @@ if [[ ! -e $VERSIONS/containerd-2.3.4/.complete ]]; then
         unset BRISK_REQUIRE_CONTAINERD_VERSIONS
     fi
 fi
-cargo build --release --quiet -p brisk-integration --bin brisk-vm
+cargo build --release --quiet --workspace --bin brisk-vm
 exec "$BIN_DIR/brisk-vm" "$@"

@@ -70,8 +70,12 @@ cargo test --workspace --release --no-fail-fast "$@" || status=$?
 # With extra arguments (a filtered run) only the suite runs.
 if (($# == 0)) && [[ $(id -u) -eq 0 && -z ${BRISK_SKIP_INTEGRATION:-} ]]; then
     # Alone, so that no other test's load decides where its faults land.
+    # Every cargo call of the test command selects the whole workspace (a
+    # target filter narrows it): `-p brisk-integration` alone resolves the
+    # dependencies' features differently and rebuilds half the tree, a
+    # minute or two each time.
     stage "short chaos soak, seed 1 (chaos::short_chaos_brisk, alone)"
-    cargo test --release -p brisk-integration --test e2e -- --ignored --exact chaos::short_chaos_brisk || status=1
+    cargo test --release --workspace --test e2e -- --ignored --exact chaos::short_chaos_brisk || status=1
     if [[ -z ${BRISK_SKIP_DEB:-} ]]; then
         stage "scripts/test-deb.sh (build, dpkg -i, check, dpkg --purge)"
         "$ROOT/scripts/test-deb.sh" || status=1

@@ -307,8 +307,7 @@ pub fn build_test_executables(
         "test",
         "--release",
         "--no-run",
-        "-p",
-        "brisk-integration",
+        "--workspace",
         "--message-format=json-render-diagnostics",
     ]);
     for t in tests {
