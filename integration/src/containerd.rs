@@ -262,6 +262,10 @@ pub struct Containerd {
     pub ctr_bin: PathBuf,
     /// Who manages the pods' cgroups ([`cgroup_driver`] at start).
     pub cgroup_driver: CgroupDriver,
+    /// How long a (re)start waits for CRI to answer. CRI answers only once
+    /// its recovery is done, which waits on every shim's State and Delete:
+    /// behind stock shims with slow unmounts, a restart takes minutes.
+    pub cri_ready_within: Duration,
     /// [`Options::env`], given again at every (re)start.
     env: Vec<(String, String)>,
     child: Option<Child>,
@@ -595,6 +599,7 @@ impl Containerd {
             containerd_bin,
             containerd_version,
             cgroup_driver: opts.driver(),
+            cri_ready_within: Duration::from_secs(30),
             env: opts.env.clone(),
             child: None,
             notify: None,
@@ -692,7 +697,7 @@ impl Containerd {
             std::thread::sleep(Duration::from_millis(20));
         }
         let cri = Cri::connect(&socket, &self.cgroup_parent(), &self.dir.join("pod-logs"))?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + self.cri_ready_within;
         loop {
             match cri.version() {
                 Ok(_) => break,
