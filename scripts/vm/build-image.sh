@@ -39,9 +39,10 @@ source "$ROOT/scripts/lib/debian-suites.sh"
 VM_DIR=${1:-$ROOT/target/vm}
 mkdir -p "$VM_DIR"
 VM_DIR=$(cd "$VM_DIR" && pwd)
-# The suite and the guest's packages.
+# The suite and the guest's packages (busybox-static: brisk-bench's floor,
+# runc alone on a busybox rootfs, in the bench groups).
 SUITE=bookworm
-INCLUDE=systemd,systemd-sysv,udev,dbus,kmod,iproute2,procps,util-linux,strace,containerd,runc,crun,ca-certificates
+INCLUDE=systemd,systemd-sysv,udev,dbus,kmod,iproute2,procps,util-linux,strace,containerd,runc,crun,ca-certificates,busybox-static
 # Modules the initramfs loads (with their dependencies), in this order.
 INITRD_MODULES=(crc32c_generic virtio_pci virtio_blk ext4 overlay 9p 9pnet_virtio)
 IMAGE_SIZE=2G

@@ -16,9 +16,14 @@
 //!   of one handler (`--list-pods`, `--list-per-pod`; 0 skips it).
 //! * the runc processes each shim starts for one container cycle and one
 //!   pod cycle, counted by a logging runc wrapper on a second containerd
-//!   (its shell start-up would skew the times, so nothing is timed there).
+//!   (its shell start-up would skew the times, so nothing is timed there);
+//! * the floor: `runc` alone (the run's OCI runtime), create -> start ->
+//!   wait -> delete of busybox `true` with no containerd and no shim, the
+//!   same number of times: what neither shim can take away. Each handler's container cycle above it is
+//!   that handler's (and containerd's) own share.
 //!
-//! usage: brisk-bench [--iterations N] [--containers N] [--handlers runc,brisk]
+//! usage: brisk-bench [--iterations N] [--containers N] [--list-pods N]
+//!        [--list-per-pod N] [--handlers runc,brisk]
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -88,6 +93,131 @@ fn measure_list(cd: &Containerd, handler: &str, pods: usize, per_pod: usize) -> 
     for pod in &made {
         cri.stop_pod(&pod.id)?;
         cri.remove_pod(&pod.id)?;
+    }
+    Ok(ms)
+}
+
+/// `runc` alone: create -> start -> wait -> delete of busybox `true` in a
+/// bundle of its own, `n` times (after one not counted), ms each. The
+/// container's init is waited for as its parent: this process is made a
+/// child subreaper for the run (before any containerd or shim exists, so
+/// nothing else is re-parented to it) and stops being one after.
+fn measure_runc_floor(n: usize) -> Result<Vec<f64>> {
+    // The run's runtime (crun with BRISK_OCI_RUNTIME=crun), as the shims'.
+    let runc = brisk_integration::containerd::selected_runc_bin(&Options::default())
+        .unwrap_or_else(brisk_integration::fault::real_runc);
+    let dir = std::env::temp_dir().join(format!("brisk-bench-floor-{}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("create {}", dir.display()))?;
+    let parent = format!("brisk-bench-floor-{}", std::process::id());
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let measured = (|| {
+        let bundle = floor_bundle(&dir, &runc, &parent)?;
+        let root = dir.join("runc-root");
+        let mut ms = Vec::with_capacity(n);
+        for i in 0..=n {
+            let t = floor_cycle(&runc, &root, &bundle, &format!("floor-{i}"))?;
+            if i > 0 {
+                ms.push(t);
+            }
+        }
+        anyhow::Ok(ms)
+    })();
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) };
+    for e in sys::destroy_cgroup_tree(&parent, true) {
+        eprintln!("floor cleanup: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    measured
+}
+
+/// A bundle whose rootfs holds the host's static busybox, its process
+/// `busybox true` without a terminal, its cgroups below `parent`.
+fn floor_bundle(dir: &Path, runc: &Path, parent: &str) -> Result<PathBuf> {
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(bundle.join("rootfs/bin"))?;
+    std::fs::copy("/bin/busybox", bundle.join("rootfs/bin/busybox"))
+        .context("copy /bin/busybox (apt-get install busybox-static)")?;
+    let st = Command::new(runc)
+        .args(["spec", "--bundle"])
+        .arg(&bundle)
+        .status()
+        .context("runc spec")?;
+    if !st.success() {
+        bail!("runc spec: {st}");
+    }
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(["/bin/busybox", "true"]);
+    spec["linux"]["cgroupsPath"] = format!("/{parent}/floor").into();
+    std::fs::write(&path, serde_json::to_vec(&spec)?)?;
+    Ok(bundle)
+}
+
+/// One `runc create`, `runc start`, wait for the init's exit, `runc
+/// delete`; ms. A cycle that fails deletes what it made.
+fn floor_cycle(runc: &Path, root: &Path, bundle: &Path, id: &str) -> Result<f64> {
+    let ms = floor_cycle_once(runc, root, bundle, id);
+    if ms.is_err() {
+        let _ = Command::new(runc)
+            .arg("--root")
+            .arg(root)
+            .args(["delete", "--force", id])
+            .output();
+    }
+    ms
+}
+
+fn floor_cycle_once(runc: &Path, root: &Path, bundle: &Path, id: &str) -> Result<f64> {
+    let pid_file = bundle.with_file_name(format!("{id}.pid"));
+    let log = bundle.with_file_name("runc.log");
+    // No pipes: without a terminal the container's stdio is runc's, and a
+    // pipe would stay open as long as the container runs. runc's own
+    // errors go to its log.
+    let run = |args: &[&str]| -> Result<()> {
+        let st = Command::new(runc)
+            .arg("--root")
+            .arg(root)
+            .arg("--log")
+            .arg(&log)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .with_context(|| format!("runc {}", args[0]))?;
+        if !st.success() {
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            bail!("runc {}: {st}: {}", args[0], said.trim());
+        }
+        Ok(())
+    };
+    let t = Instant::now();
+    run(&[
+        "create",
+        "--bundle",
+        &bundle.to_string_lossy(),
+        "--pid-file",
+        &pid_file.to_string_lossy(),
+        id,
+    ])?;
+    let pid: i32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    run(&["start", id])?;
+    // SAFETY: waitpid on a pid this process is the (sub)reaper of.
+    let mut status = 0;
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        bail!("waitpid {pid}: {}", std::io::Error::last_os_error());
+    }
+    run(&["delete", id])?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let _ = std::fs::remove_file(&pid_file);
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("busybox true ended with wait status {status}");
     }
     Ok(ms)
 }
@@ -402,6 +532,11 @@ fn quantile_rows(
 fn run(args: &Args) -> Result<()> {
     report::require_shim_built(args.handlers.iter().map(String::as_str))?;
     let load_before = report::loadavg();
+    eprintln!(
+        "measuring the floor: {} runc create/start/wait/delete cycles, no containerd ...",
+        args.iterations
+    );
+    let floor_ms = measure_runc_floor(args.iterations)?;
     let cd = Containerd::start().context("start private containerd")?;
     let mut results: Vec<Result1> = vec![Result1::default(); args.handlers.len()];
 
@@ -527,12 +662,14 @@ fn run(args: &Args) -> Result<()> {
         |r| &r.shim_start_ms,
         1,
     ));
-    rows.extend(quantile_rows(
-        format!("ListContainers, {listed} containers, p50 (ms)"),
-        format!("ListContainers, {listed} containers, p99 (ms)"),
-        |r| &r.list_ms,
-        2,
-    ));
+    if listed > 0 {
+        rows.extend(quantile_rows(
+            format!("ListContainers, {listed} containers, p50 (ms)"),
+            format!("ListContainers, {listed} containers, p99 (ms)"),
+            |r| &r.list_ms,
+            2,
+        ));
+    }
     rows.push((
         "runc processes per container cycle".into(),
         Box::new(|r: &Result1| r.runc_per_cycle.0.len() as f64),
@@ -553,6 +690,27 @@ fn run(args: &Args) -> Result<()> {
             cells.push(report::ratio(a, b, 2));
         }
         println!("{}", report::row(cells));
+    }
+    println!();
+    let floor50 = quantile(&floor_ms, 0.5);
+    println!(
+        "the floor, runc alone (create→start→wait→delete of busybox true, no containerd): p50 {floor50:.1} ms, p99 {:.1} ms",
+        quantile(&floor_ms, 0.99)
+    );
+    let own: Vec<f64> = results
+        .iter()
+        .map(|r| quantile(&r.cycle_ms, 0.5) - floor50)
+        .collect();
+    for (h, o) in args.handlers.iter().zip(&own) {
+        println!("container cycle p50 above the floor, {h}: {o:.1} ms");
+    }
+    if let [a, b] = own[..] {
+        println!(
+            "above the floor, {} / {}: {}",
+            args.handlers[1],
+            args.handlers[0],
+            report::ratio(a, b, 2)
+        );
     }
     println!();
     for (h, r) in args.handlers.iter().zip(&results) {
