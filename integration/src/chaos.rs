@@ -1369,6 +1369,21 @@ fn deletes_cut_off_by_shutdown(containerd_log: &str) -> BTreeSet<String> {
     out
 }
 
+/// The update failures `"ID: error"` counted by their error (the id left
+/// out), most frequent first.
+fn failure_kinds(failures: &[String]) -> Vec<(String, usize)> {
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for f in failures {
+        let error = f.split_once(": ").map_or(f.as_str(), |(_, e)| e);
+        *kinds
+            .entry(error.replace(|c: char| c == '\n', " "))
+            .or_default() += 1;
+    }
+    let mut v: Vec<(String, usize)> = kinds.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v
+}
+
 /// The lines of containerd's log and of the fault log that name a
 /// container id found in `leaks` (at most 60 an id), then containerd's
 /// lines on a dead shim's cleanup that went wrong.
@@ -1714,8 +1729,8 @@ impl ChaosReport {
         for e in &self.leak_evidence {
             s.push_str(&format!("leak evidence: {e}\n"));
         }
-        for e in self.update_failures_up.iter().take(5) {
-            s.push_str(&format!("update failure: {e}\n"));
+        for (error, n) in failure_kinds(&self.update_failures_up) {
+            s.push_str(&format!("update failures: {n} x {error}\n"));
         }
         for e in self.refused.iter().take(5) {
             s.push_str(&format!("refused: {e}\n"));
@@ -2110,5 +2125,30 @@ mod tests {
         assert!(e[1].starts_with("faults: +1.0 s s0t1"));
         assert!(e[2].contains(r#"msg="started""#));
         assert!(e[3].contains("runc delete failed"));
+    }
+
+    #[test]
+    fn update_failures_are_counted_by_their_error() {
+        let f = [
+            "a1: CRI UpdateContainerResources: NotFound: failed to find container: not found",
+            "b2: CRI UpdateContainerResources: Unknown: cannot update a stopped container",
+            "c3: CRI UpdateContainerResources: NotFound: failed to find container: not found",
+        ]
+        .map(String::from);
+        assert_eq!(
+            failure_kinds(&f),
+            vec![
+                (
+                    "CRI UpdateContainerResources: NotFound: failed to find container: not found"
+                        .to_string(),
+                    2
+                ),
+                (
+                    "CRI UpdateContainerResources: Unknown: cannot update a stopped container"
+                        .to_string(),
+                    1
+                ),
+            ]
+        );
     }
 }

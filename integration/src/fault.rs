@@ -56,6 +56,11 @@ impl RuncWrapper {
     /// Where [`RuncWrapper::install`] puts the script below `dir`, for a
     /// brisk.toml written before the wrapper exists (`{dir}/fault/runc`).
     pub const SCRIPT_IN_DIR: &'static str = "fault/runc";
+    /// The same script under a name other than runc's: brisk takes it for
+    /// another OCI runtime and leaves every delete to it (the shim tears an
+    /// exited container down itself for runc alone), for tests of a slow or
+    /// hung `runc delete` at a container's exit.
+    pub const OTHER_RUNTIME_IN_DIR: &'static str = "fault/oci-runtime";
 
     /// Write the wrapper to `dir/fault/runc`, controlled from `dir/fault/ctl`.
     pub fn install(dir: &Path) -> Result<Self> {
@@ -121,6 +126,9 @@ exec '{runc}' "$@"
         fs::write(&tmp, script)?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
         fs::rename(&tmp, &path)?;
+        let other = dir.join(Self::OTHER_RUNTIME_IN_DIR);
+        let _ = fs::remove_file(&other);
+        fs::hard_link(&path, &other)?;
         Ok(RuncWrapper { path, ctl })
     }
 

@@ -23,6 +23,8 @@ pub struct BundleSpec {
     pub annotations: Option<HashMap<String, String>>,
     #[serde(default)]
     linux: Option<Linux>,
+    #[serde(default)]
+    hooks: Option<Hooks>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -31,6 +33,14 @@ struct Linux {
     namespaces: Option<Vec<Namespace>>,
     #[serde(default, rename = "cgroupsPath")]
     cgroups_path: Option<String>,
+    #[serde(default, rename = "intelRdt")]
+    intel_rdt: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Hooks {
+    #[serde(default)]
+    poststop: Option<Vec<serde::de::IgnoredAny>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +83,17 @@ impl BundleSpec {
             .cgroups_path
             .as_deref()
             .filter(|p| !p.is_empty())
+    }
+
+    /// Hooks runc runs when it deletes the container.
+    pub fn has_poststop_hooks(&self) -> bool {
+        let hooks = self.hooks.as_ref().and_then(|h| h.poststop.as_ref());
+        hooks.is_some_and(|h| !h.is_empty())
+    }
+
+    /// Intel RDT settings, whose resctrl group runc removes at delete.
+    pub fn has_intel_rdt(&self) -> bool {
+        self.linux.as_ref().is_some_and(|l| l.intel_rdt.is_some())
     }
 
     /// True when the container gets a pid namespace of its own (a `pid`
@@ -152,6 +173,25 @@ mod tests {
         assert!(!BundleSpec::parse(br#"{"ociVersion":"1"}"#)
             .unwrap()
             .own_pid_namespace());
+    }
+
+    #[test]
+    fn poststop_hooks_and_intel_rdt_are_seen() {
+        let plain =
+            BundleSpec::parse(br#"{"ociVersion":"1","hooks":{"prestart":[{"path":"/x"}]}}"#)
+                .unwrap();
+        assert!(!plain.has_poststop_hooks());
+        assert!(!plain.has_intel_rdt());
+        let hooked = BundleSpec::parse(
+            br#"{"ociVersion":"1","hooks":{"poststop":[{"path":"/bin/true","args":["true"]}]}}"#,
+        )
+        .unwrap();
+        assert!(hooked.has_poststop_hooks());
+        let empty = BundleSpec::parse(br#"{"ociVersion":"1","hooks":{"poststop":[]}}"#).unwrap();
+        assert!(!empty.has_poststop_hooks());
+        let rdt = BundleSpec::parse(br#"{"ociVersion":"1","linux":{"intelRdt":{"closID":"c"}}}"#)
+            .unwrap();
+        assert!(rdt.has_intel_rdt());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::{
     cgroup::{ContainerCgroup, OomWatch},
     container_state::Life,
     error::{Result, ShimError},
+    exited_teardown::Teardown,
     process_handle::ProcessHandle,
     process_state::{Event, ExitInfo, ProcessState},
     rootfs::MountedRootfs,
@@ -112,6 +113,9 @@ pub struct Container {
     pub oom: Option<OomWatch>,
     /// The container's cgroup, located at Create (Stats and OOM read it).
     pub cgroup: Option<ContainerCgroup>,
+    /// What the shim removes itself, without `runc delete`, once the
+    /// container's processes are gone; None leaves it all to runc.
+    pub teardown: Option<Teardown>,
 }
 
 /// A container as the task service shares it between calls.
@@ -135,6 +139,7 @@ impl Container {
             io_owner: (0, 0),
             oom: None,
             cgroup: None,
+            teardown: None,
             life: Life::created(rootfs),
             changed: watch::channel(()).0,
         }

@@ -25,6 +25,7 @@ pub mod dead_shim;
 pub mod detached;
 pub mod error;
 pub mod events;
+pub mod exited_teardown;
 pub mod identifiers;
 pub mod info;
 pub mod io_owner;

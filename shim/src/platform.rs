@@ -8,7 +8,10 @@ use std::{path::Path, sync::Arc, time::Duration};
 use containerd_shim_protos::api::Mount;
 use runc_wrapper::{Runc, RuncApi};
 
-use crate::{config::RuntimeConfig, error::Result, reaper::Reaper, rootfs, unmount};
+use crate::{
+    config::RuntimeConfig, error::Result, exited_teardown::Teardown, reaper::Reaper, rootfs,
+    unmount,
+};
 
 pub trait Platform: Send + Sync {
     /// The runc that runs a container with these settings.
@@ -19,6 +22,9 @@ pub trait Platform: Send + Sync {
     /// Unmounts everything on `target`; nothing mounted there is success.
     /// Blocking; the real one runs the unmount in a child process.
     fn unmount(&self, target: &Path) -> Result<Duration>;
+    /// Tears down container `id`, whose processes have all exited, without
+    /// runc (`exited_teardown`). False leaves it to `runc delete`. Blocking.
+    fn teardown(&self, id: &str, teardown: &Teardown) -> bool;
 }
 
 /// The machine the shim runs on: the runc binary (whose exits come from the
@@ -52,5 +58,9 @@ impl Platform for System {
 
     fn unmount(&self, target: &Path) -> Result<Duration> {
         unmount::unmount_all_in_child(target, &self.reaper)
+    }
+
+    fn teardown(&self, _id: &str, teardown: &Teardown) -> bool {
+        teardown.run()
     }
 }

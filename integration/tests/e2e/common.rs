@@ -169,11 +169,19 @@ pub fn rootfs_of(cd: &Containerd, id: &str) -> std::path::PathBuf {
 /// the [`brisk_integration::fault::RuncWrapper`] installed in the instance
 /// directory.
 pub fn wrapper_options() -> Options {
+    wrapper_at(brisk_integration::fault::RuncWrapper::SCRIPT_IN_DIR)
+}
+
+/// [`wrapper_options`] with the wrapper under a name other than runc's:
+/// brisk leaves every delete to it, as to any other OCI runtime, so that a
+/// test can hold the `runc delete` of an exited container.
+pub fn wrapper_options_deleting_by_runtime() -> Options {
+    wrapper_at(brisk_integration::fault::RuncWrapper::OTHER_RUNTIME_IN_DIR)
+}
+
+fn wrapper_at(script_in_dir: &str) -> Options {
     Options {
-        brisk_config_toml: Some(format!(
-            "runc_binary = \"{{dir}}/{}\"\n",
-            brisk_integration::fault::RuncWrapper::SCRIPT_IN_DIR
-        )),
+        brisk_config_toml: Some(format!("runc_binary = \"{{dir}}/{script_in_dir}\"\n")),
         ..Default::default()
     }
 }

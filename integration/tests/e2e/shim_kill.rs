@@ -63,7 +63,10 @@ fn shim_sigkill_runc() {
 /// EXITED; a new pod on the same containerd works.
 #[test]
 fn shim_sigkill_with_exiting_container_brisk() {
-    let Some(cd) = common::start_with(BRISK_HANDLER, common::wrapper_options()) else {
+    // The exiting container's delete is the runtime's (held below), not
+    // the shim's own teardown.
+    let Some(cd) = common::start_with(BRISK_HANDLER, common::wrapper_options_deleting_by_runtime())
+    else {
         return;
     };
     let wrapper = RuncWrapper::install(&cd.dir).expect("runc wrapper");

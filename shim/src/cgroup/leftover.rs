@@ -16,7 +16,7 @@ use std::{
     io,
     os::fd::{AsFd, AsRawFd},
     path::{Component, Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use tracing::{info, warn};
@@ -33,6 +33,61 @@ const KILL_WAIT_MS: i32 = 2000;
 /// them. Returns those removed.
 pub fn remove_leftover(cgroups_path: &str, systemd: bool) -> Vec<PathBuf> {
     remove_under(&hierarchies(Path::new(CGROUP_ROOT)), cgroups_path, systemd)
+}
+
+/// How long the cgroup of a container whose init exited may stay busy:
+/// the rest of its processes, killed by the kernel with the init of their
+/// pid namespace, may still be on their way out.
+const EXITED_BUSY_FOR: Duration = Duration::from_millis(200);
+
+/// Removes the cgroups `cgroups_path` names (runc's cgroupfs driver) on
+/// every hierarchy of the node, for a container whose processes have all
+/// exited: what `runc delete` does with them. Returns how many it removed;
+/// an error names the first that would not go (then `runc delete` must).
+pub fn remove_exited(cgroups_path: &str) -> io::Result<usize> {
+    remove_exited_under(&hierarchies(Path::new(CGROUP_ROOT)), cgroups_path)
+}
+
+fn remove_exited_under(roots: &[PathBuf], cgroups_path: &str) -> io::Result<usize> {
+    if Path::new(cgroups_path)
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cgroups path {cgroups_path:?} climbs with '..'"),
+        ));
+    }
+    let mut removed = 0;
+    for root in roots {
+        let Some(dir) = locate::container_dir(root, cgroups_path, false) else {
+            continue;
+        };
+        // No symlink is followed: a real directory, or nothing to do.
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            remove_when_empty(&dir)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// rmdir of `dir`, tried again while the kernel says it is busy, for
+/// [`EXITED_BUSY_FOR`] at most.
+fn remove_when_empty(dir: &Path) -> io::Result<()> {
+    let deadline = Instant::now() + EXITED_BUSY_FOR;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+        }
+    }
 }
 
 /// The hierarchies below `root`: `root` itself on a unified node, else each
@@ -145,6 +200,35 @@ mod tests {
             assert!(!root.path().join(h).join("pod1/c1").exists());
             assert!(root.path().join(h).join("pod1").is_dir());
         }
+    }
+
+    #[test]
+    fn an_exited_containers_cgroups_go_on_every_hierarchy() {
+        let root = tempfile::tempdir().unwrap();
+        for h in ["memory", "cpu,cpuacct", "unified"] {
+            std::fs::create_dir_all(root.path().join(h).join("pod1/c1")).unwrap();
+        }
+        // A hierarchy where the container has no cgroup is no failure.
+        std::fs::create_dir_all(root.path().join("pids/pod1")).unwrap();
+        let roots = hierarchies(root.path());
+        assert_eq!(remove_exited_under(&roots, "/pod1/c1").unwrap(), 3);
+        for h in ["memory", "cpu,cpuacct", "unified"] {
+            assert!(!root.path().join(h).join("pod1/c1").exists());
+            assert!(root.path().join(h).join("pod1").is_dir());
+        }
+        // Gone already: nothing to do.
+        assert_eq!(remove_exited_under(&roots, "/pod1/c1").unwrap(), 0);
+    }
+
+    #[test]
+    fn a_cgroup_that_will_not_go_is_an_error_naming_it() {
+        let root = tempfile::tempdir().unwrap();
+        let c1 = root.path().join("memory/pod1/c1");
+        std::fs::create_dir_all(c1.join("nested")).unwrap();
+        let roots = hierarchies(root.path());
+        let e = remove_exited_under(&roots, "/pod1/c1").unwrap_err();
+        assert!(e.to_string().contains("pod1/c1"), "{e}");
+        assert!(remove_exited_under(&roots, "/pod1/../c1").is_err());
     }
 
     /// With the systemd driver the scope is systemd's to remove.

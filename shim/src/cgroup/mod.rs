@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use tracing::info;
 
-pub use leftover::remove_leftover;
+pub use leftover::{remove_exited, remove_leftover};
 pub use oom::OomWatch;
 pub use pod_ledger::PodLedgers;
 

@@ -27,6 +27,7 @@ use crate::{
     container::{Container, Process},
     detached::{Detached, Job, WorkKey},
     error::{Result, ShimError},
+    exited_teardown::Teardown,
     io_owner, log_binary,
     platform::Platform,
     rootfs::{self, MountedRootfs},
@@ -216,6 +217,7 @@ impl TaskService {
         let pid = init.pid;
         let mut container = Container::new(id.clone(), bundle, runc, init, rollback.commit());
         container.shares_pid_ns = !spec.own_pid_namespace();
+        container.teardown = Teardown::plan(&id, &spec, &cfg);
         container.io_owner = (cfg.io_uid, cfg.io_gid);
         let container = Arc::new(Mutex::new(container));
         self.inner.registry.insert(reservation, container.clone());

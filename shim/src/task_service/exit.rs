@@ -3,7 +3,8 @@
 //! namespace the rest of the container is killed, `kill_the_rest`), every
 //! exit that may be told now is published as a TaskExit (`publish`), and
 //! once the init's exit is out, `runc delete` starts at once
-//! (`remove_runc_state`) rather than when containerd's Delete comes.
+//! (`remove_runc_state`) rather than when containerd's Delete comes, and
+//! without runc where the shim can do what it would (`exited_teardown`).
 
 use std::time::Instant;
 
@@ -132,8 +133,12 @@ impl TaskService {
     ///    should the shim die meanwhile. The job keeps the id busy, so a new
     ///    container of that id waits, and the shim waits for it before it
     ///    exits.
+    ///
+    ///    Where removing the container's cgroups and runc's state directory
+    ///    is all `runc delete` would do, the shim does it itself and no runc
+    ///    starts (`exited_teardown`); if that stops short, runc finishes.
     fn remove_runc_state(&self, c: Shared, g: &Container) {
-        let (runc, id) = (g.runc.clone(), g.id.clone());
+        let (runc, id, teardown) = (g.runc.clone(), g.id.clone(), g.teardown.clone());
         let job = self
             .inner
             .detached
@@ -146,14 +151,25 @@ impl TaskService {
             svc.wait_work_free(&id, &[WorkKey::RuncCall(id.clone())])
                 .await;
             let started = Instant::now();
-            let gone = match runc_delete_or_force(&*runc, &id, false).await {
-                Ok(()) => true,
-                Err(e) => {
-                    error!(id, error = %e, "runc delete --force failed");
-                    false
+            let by_shim = match teardown {
+                Some(t) => {
+                    let (platform, id) = (svc.inner.platform.clone(), id.clone());
+                    tokio::task::spawn_blocking(move || platform.teardown(&id, &t))
+                        .await
+                        .unwrap_or(false)
                 }
+                None => false,
             };
-            info!(id, took = ?started.elapsed(), gone, "runc state removed at the exit");
+            let gone = by_shim
+                || match runc_delete_or_force(&*runc, &id, false).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        error!(id, error = %e, "runc delete --force failed");
+                        false
+                    }
+                };
+            let by = if by_shim { "shim" } else { "runc" };
+            info!(id, took = ?started.elapsed(), gone, by, "runc state removed at the exit");
             container::lock(&c).runc_removed(gone);
         });
     }

@@ -138,3 +138,63 @@ async fn init_exit_in_its_own_pid_namespace_kills_nothing_more() {
     settle().await;
     assert_eq!(shim.runc().calls("kill --all", "c1"), 0);
 }
+
+/// A container of its own pid namespace with a cgroups path (runc, its
+/// cgroupfs driver): the shim tears it down at the exit itself, and no
+/// `runc delete` starts; Delete answers as before.
+#[tokio::test]
+async fn an_exited_container_is_torn_down_without_runc_where_the_shim_can() {
+    const SPEC: &str = r#"{"ociVersion":"1.0.2","linux":{"cgroupsPath":"/pod1/c1","namespaces":[{"type":"pid"}]}}"#;
+    let shim = Shim::new();
+    *shim.platform.teardown_works.lock().unwrap() = true;
+    let pid = shim
+        .svc
+        .create(&shim.request_with_spec("c1", SPEC))
+        .await
+        .unwrap();
+    shim.svc.start_init("c1").await.unwrap();
+    shim.reap(pid, 4).await;
+    settle().await;
+    assert_eq!(
+        *shim.platform.torn_down.lock().unwrap(),
+        vec!["c1".to_string()]
+    );
+    assert!(!shim.runc().has_state("c1"));
+    let d = within(shim.svc.delete("c1", "")).await.unwrap();
+    assert_eq!(d.exit_status, 4);
+    assert_eq!(shim.runc().calls("delete", "c1"), 0, "no runc delete");
+    assert_eq!(
+        shim.exits_and_deletes(),
+        vec![Ev::Exit("c1".into(), 4), Ev::Delete("c1".into(), 4)]
+    );
+}
+
+/// A teardown that stops short (a cgroup still busy) leaves the rest to
+/// `runc delete`; a container the shim may not tear down never tries.
+#[tokio::test]
+async fn a_teardown_that_stops_short_is_finished_by_runc_delete() {
+    const SPEC: &str = r#"{"ociVersion":"1.0.2","linux":{"cgroupsPath":"/pod1/c1","namespaces":[{"type":"pid"}]}}"#;
+    let shim = Shim::new();
+    let pid = shim
+        .svc
+        .create(&shim.request_with_spec("c1", SPEC))
+        .await
+        .unwrap();
+    shim.svc.start_init("c1").await.unwrap();
+    shim.reap(pid, 4).await;
+    settle().await;
+    assert_eq!(
+        *shim.platform.torn_down.lock().unwrap(),
+        vec!["c1".to_string()]
+    );
+    assert!(!shim.runc().has_state("c1"));
+    assert_eq!(shim.runc().calls("delete", "c1"), 1);
+    within(shim.svc.delete("c1", "")).await.unwrap();
+
+    // No cgroups path: runc's from the start.
+    let pid = shim.run("c2").await;
+    shim.reap(pid, 0).await;
+    settle().await;
+    assert_eq!(shim.platform.torn_down.lock().unwrap().len(), 1);
+    assert_eq!(shim.runc().calls("delete", "c2"), 1);
+}

@@ -17,6 +17,7 @@ use super::within;
 use crate::{
     config::RuntimeConfig,
     error::{Result, ShimError},
+    exited_teardown::Teardown,
     platform::Platform,
     volatile,
 };
@@ -96,6 +97,11 @@ impl FakeRunc {
 
     pub fn has_state(&self, id: &str) -> bool {
         self.state.lock().unwrap().containers.contains_key(id)
+    }
+
+    /// The shim removed `id`'s state itself, with no runc call.
+    fn forget(&self, id: &str) {
+        self.state.lock().unwrap().containers.remove(id);
     }
 
     /// How many calls were "sub id".
@@ -239,6 +245,11 @@ pub struct FakePlatform {
     pub runc: Arc<FakeRunc>,
     mounted: Mutex<HashSet<PathBuf>>,
     pub fail_mount: Mutex<Option<&'static str>>,
+    /// Whether a teardown without runc succeeds (None: it is never tried
+    /// for real; the fake says it stopped short).
+    pub teardown_works: Mutex<bool>,
+    /// The ids torn down without runc, in order.
+    pub torn_down: Mutex<Vec<String>>,
 }
 
 impl FakePlatform {
@@ -273,5 +284,14 @@ impl Platform for FakePlatform {
     fn unmount(&self, target: &Path) -> Result<Duration> {
         self.mounted.lock().unwrap().remove(target);
         Ok(Duration::ZERO)
+    }
+
+    fn teardown(&self, id: &str, _teardown: &Teardown) -> bool {
+        self.torn_down.lock().unwrap().push(id.to_string());
+        let works = *self.teardown_works.lock().unwrap();
+        if works {
+            self.runc.forget(id);
+        }
+        works
     }
 }
