@@ -1375,9 +1375,7 @@ fn failure_kinds(failures: &[String]) -> Vec<(String, usize)> {
     let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
     for f in failures {
         let error = f.split_once(": ").map_or(f.as_str(), |(_, e)| e);
-        *kinds
-            .entry(error.replace(|c: char| c == '\n', " "))
-            .or_default() += 1;
+        *kinds.entry(error.replace('\n', " ")).or_default() += 1;
     }
     let mut v: Vec<(String, usize)> = kinds.into_iter().collect();
     v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
