@@ -491,7 +491,8 @@ fn run_on(
         let containerd_log = std::fs::read_to_string(&cd.log_path).unwrap_or_default();
         let fault_log =
             std::fs::read_to_string(cd.dir.join("chaos/faults.log")).unwrap_or_default();
-        report.leak_evidence = leak_evidence(&report.leaks, &containerd_log, &fault_log);
+        report.leak_evidence =
+            crate::report::leak_evidence(&report.leaks, &containerd_log, &fault_log);
     }
     Ok(report)
 }
@@ -1382,48 +1383,6 @@ fn failure_kinds(failures: &[String]) -> Vec<(String, usize)> {
     v
 }
 
-/// The lines of containerd's log and of the fault log that name a
-/// container id found in `leaks` (at most 60 an id), then containerd's
-/// lines on a dead shim's cleanup that went wrong.
-fn leak_evidence(leaks: &[String], containerd_log: &str, fault_log: &str) -> Vec<String> {
-    const PER_ID: usize = 60;
-    let is_hex_id = |w: &str| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit());
-    let ids: BTreeSet<&str> = leaks
-        .iter()
-        .flat_map(|l| l.split(|c: char| !c.is_ascii_alphanumeric()))
-        .filter(|w| is_hex_id(w))
-        .collect();
-    let cut = |l: &str| l.chars().take(400).collect::<String>();
-    let mut out = Vec::new();
-    for id in &ids {
-        let naming = |log: &'static str, text: &str| -> Vec<String> {
-            text.lines()
-                .filter(|l| l.contains(id))
-                .map(|l| format!("{log}: {}", cut(l)))
-                .collect()
-        };
-        let mut lines = naming("faults", fault_log);
-        lines.extend(naming("containerd", containerd_log));
-        let skip = lines.len().saturating_sub(PER_ID);
-        out.push(format!(
-            "--- {id}: {} lines, the last {PER_ID} ---",
-            lines.len()
-        ));
-        out.extend(lines.into_iter().skip(skip));
-    }
-    out.extend(
-        containerd_log
-            .lines()
-            .filter(|l| {
-                l.contains("warnings while cleaning up dead shim")
-                    || l.contains("failed to delete dead shim")
-                    || l.contains("failed to clean up after shim disconnected")
-            })
-            .map(|l| format!("containerd: {}", cut(l))),
-    );
-    out
-}
-
 /// A task in `io_lost` ran into [`io_lost_by_containerd`]: whatever CRI
 /// says of its end is containerd's, counted apart.
 fn excuse_io_lost_by_containerd(r: &mut ChaosReport, io_lost: &BTreeSet<String>) {
@@ -2102,27 +2061,6 @@ mod tests {
             deletes_cut_off_by_shutdown(&log),
             BTreeSet::from(["774187".to_string()])
         );
-    }
-
-    #[test]
-    fn a_leak_is_shown_with_what_the_logs_say_of_its_container() {
-        let id = "530f6c00b77386393bd4cb3636ca7364d683481f186301088320b7c82020350e";
-        let leaks = vec![format!(
-            "leaks:\n  cgroup left: /sys/fs/cgroup/cpu/brisk-it-1-0/{id}\n  runc state left: /run/containerd/brisk/k8s.io/{id}"
-        )];
-        let containerd = [
-            format!(r#"time="1" level=info msg="started" id={id}"#),
-            r#"time="2" level=info msg="other" id=abc"#.to_string(),
-            r#"time="3" level=warning msg="warnings while cleaning up dead shim" id=x warnings="runc delete failed""#.to_string(),
-        ]
-        .join("\n");
-        let faults = format!("+1.0 s s0t1: created {id}\n+2.0 s s0t2: created other");
-        let e = leak_evidence(&leaks, &containerd, &faults);
-        assert_eq!(e.len(), 4, "{e:#?}");
-        assert!(e[0].starts_with(&format!("--- {id}: 2 lines")));
-        assert!(e[1].starts_with("faults: +1.0 s s0t1"));
-        assert!(e[2].contains(r#"msg="started""#));
-        assert!(e[3].contains("runc delete failed"));
     }
 
     #[test]

@@ -1167,12 +1167,17 @@ impl Containerd {
         out
     }
 
-    /// Wait (up to 15 s) for `leaks()` to be empty; panic with the list and
-    /// the containerd log tail otherwise.
+    /// Wait (up to 15 s) for `leaks()` to be empty; panic otherwise with the
+    /// list, the lines of containerd's log that name each leaked container
+    /// and its cleanup warnings (a CI log keeps the start of a failure's
+    /// message), and the log's tail.
     pub fn assert_no_leaks(&self) {
         if let Err(e) = self.wait_no_leaks(Duration::from_secs(15)) {
+            let log = fs::read_to_string(&self.log_path).unwrap_or_default();
+            let evidence = crate::report::leak_evidence(&[format!("{e:#}")], &log, "");
             panic!(
-                "{e:#}\n--- containerd log tail ---\n{}",
+                "{e:#}\n{}\n--- containerd log tail ---\n{}",
+                evidence.join("\n"),
                 sys::tail_file(&self.log_path, 60)
             );
         }

@@ -182,6 +182,31 @@ pub fn kill(pid: i32, sig: i32) {
     }
 }
 
+/// A copy of file descriptor `fd` of process `pid` in this process
+/// (`pidfd_getfd`, Linux 5.6; root). Holding a shim's listening socket this
+/// way keeps it accepting connections after the shim is killed, as the
+/// kernel does for a moment while a killed process releases its files:
+/// its connections can be closed already while its listener is not.
+pub fn copy_fd_of(pid: i32, fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pidfd was just returned to this process and is owned here.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_getfd takes a pidfd, a fd number and flags; it returns a
+    // new close-on-exec fd of this process or -1.
+    let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if copy < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the new fd belongs to this process and to nothing else here.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy as i32) })
+}
+
 /// Wait until none of `pids` is alive.
 pub fn wait_gone(pids: &[i32], timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;

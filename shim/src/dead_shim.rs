@@ -7,6 +7,14 @@
 //! `runc delete` would race the shim's own and cost containerd a runc start
 //! on every exit.
 //!
+//! Whether the pod's shim lives is asked of the shim itself: a socket
+//! that accepts a connection proves nothing. A killed process releases its
+//! files one after the other, the last opened first, so the shim's
+//! connections close (and containerd runs this command for each task)
+//! while its listening socket, opened first, still accepts for a moment,
+//! longer on a loaded node; the connection then waits in the backlog and
+//! nobody answers. Only a shim that answers a call is alive.
+//!
 //! containerd gives this command 5 s (`io.containerd.timeout.shim.cleanup`)
 //! and then kills it, and nobody runs it again while containerd runs: what
 //! it has not removed by then stays. So runc gets a bound of its own, and a
@@ -24,8 +32,10 @@ use std::{
 
 use containerd_shim::util::convert_to_timestamp;
 use containerd_shim_protos::{
-    api::DeleteResponse,
+    api::{ConnectRequest, DeleteResponse},
     protobuf::{Message, MessageField},
+    shim_async::{Client, TaskClient},
+    ttrpc,
 };
 use runc_wrapper::{DirectWait, Runc};
 use tracing::{info, warn};
@@ -40,10 +50,18 @@ use crate::{
     unmount,
 };
 
-/// The longest `runc delete --force` may take here: with the removal by
-/// hand after it and the unmount, the cleanup stays well within the 5 s
-/// containerd gives it.
-const RUNC_BOUND: Duration = Duration::from_secs(2);
+/// The longest `runc delete --force` may take here: with the wait for the
+/// shim's answer before it, the removal by hand after it and the unmount,
+/// the cleanup stays within the 5 s containerd gives it.
+const RUNC_BOUND: Duration = Duration::from_millis(1500);
+
+/// How long a shim whose socket accepts has to answer. A live brisk shim
+/// answers Connect at once (no call waits on a lock held across I/O). A
+/// dying one's pending connection is reset as soon as its listener is
+/// released, so this wait is only spent in full on a shim so wedged that
+/// its containers are no better off than a dead shim's; its socket is
+/// left to it all the same (removed only once nothing accepts there).
+const ANSWER_WAIT: Duration = Duration::from_secs(1);
 
 /// Cleans up after the shim of `id` in `bundle` if it died, and prints the
 /// `DeleteResponse` containerd reads.
@@ -71,8 +89,11 @@ async fn cleanup(namespace: &str, id: &str, bundle: &Path) -> Result<()> {
     crate::identifiers::validate("namespace", namespace)?;
     let socket = bundle_socket(bundle);
     if let Some((path, Probe::Served)) = &socket {
-        info!(id, socket = %path.display(), "the pod's shim still serves; it cleans up after the container");
-        return Ok(());
+        if shim_answers(path, id).await {
+            info!(id, socket = %path.display(), "the pod's shim still serves; it cleans up after the container");
+            return Ok(());
+        }
+        warn!(id, socket = %path.display(), "the pod's shim socket accepts but nobody answers: cleaning up as after a dead shim");
     }
     let cfg = RuntimeConfig::load_saved(bundle, namespace);
     let bound = RUNC_BOUND.min(Duration::from_secs(cfg.runc_timeout_secs));
@@ -96,19 +117,43 @@ async fn cleanup(namespace: &str, id: &str, bundle: &Path) -> Result<()> {
     tokio::task::spawn_blocking(move || unmount::unmount_all(&target))
         .await
         .map_err(|e| ShimError::Other(e.to_string()))??;
-    let Some((path, probe)) = socket else {
+    let Some((path, _)) = socket else {
         return Ok(());
     };
-    if probe == Probe::Dead {
+    // Judged again: a listener that still accepted above is gone once its
+    // dying shim is. Another container's cleanup may have removed the
+    // socket already (Absent).
+    let probe = shim_socket::probe(&path).ok();
+    if probe == Some(Probe::Dead) {
         remove_dead_socket(&path);
     }
-    // Its figures socket too, once nobody serves it. Another container's
-    // cleanup may have removed the shim socket already (Absent).
+    // Its figures socket too, once nobody serves it.
     let figures = metrics_socket::path_for(&path);
-    if probe != Probe::Served && shim_socket::probe(&figures).ok() == Some(Probe::Dead) {
+    if probe != Some(Probe::Served) && shim_socket::probe(&figures).ok() == Some(Probe::Dead) {
         remove_dead_socket(&figures);
     }
     Ok(())
+}
+
+/// Whether a shim answers a Connect for `id` on the socket at `path` within
+/// [`ANSWER_WAIT`]. Any answer counts, an error status too (a container it
+/// deleted already is NotFound): only a live shim gives one.
+async fn shim_answers(path: &Path, id: &str) -> bool {
+    let address = shim_socket::address_of(path);
+    let ask = async {
+        let client = Client::connect(&address).await?;
+        let request = ConnectRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        TaskClient::new(client)
+            .connect(ttrpc::context::Context::default(), &request)
+            .await
+    };
+    match tokio::time::timeout(ANSWER_WAIT, ask).await {
+        Ok(Ok(_)) | Ok(Err(ttrpc::Error::RpcStatus(_))) => true,
+        Ok(Err(_)) | Err(_) => false,
+    }
 }
 
 /// What `runc delete --force` does, for when runc cannot: kill the
@@ -165,5 +210,47 @@ fn bundle_socket(bundle: &Path) -> Option<(PathBuf, Probe)> {
             warn!(socket = %path.display(), error = %e, "shim socket neither served nor refused, kept");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use containerd_shim_protos::shim_async::{create_task, Task};
+    use ttrpc::asynchronous::{transport::Listener, Server};
+
+    use super::*;
+
+    /// What a dying shim's socket is for a moment: it accepts, and nobody
+    /// ever answers.
+    #[tokio::test]
+    async fn a_socket_that_accepts_but_never_answers_is_no_live_shim() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shim.sock");
+        let _held = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert_eq!(shim_socket::probe(&path).unwrap(), Probe::Served);
+        let asked = Instant::now();
+        assert!(!shim_answers(&path, "c1").await);
+        assert!(asked.elapsed() < ANSWER_WAIT + Duration::from_millis(500));
+    }
+
+    struct Answers;
+    impl Task for Answers {}
+
+    /// Any answer is a live shim's, an error status too (here every call
+    /// is Unimplemented).
+    #[tokio::test]
+    async fn a_shim_that_answers_even_with_an_error_is_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shim.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut server = Server::new()
+            .add_listener(Listener::try_from(listener).unwrap())
+            .register_service(create_task(Arc::new(Answers)));
+        server.start().await.unwrap();
+        assert!(shim_answers(&path, "c1").await);
+        let _ = server.shutdown().await;
     }
 }

@@ -48,6 +48,71 @@ fn shim_sigkill_brisk() {
     shim_killed(BRISK_HANDLER);
 }
 
+/// A killed process releases its files one after the other, its last
+/// opened first: the shim's connections to containerd close (and
+/// containerd runs `containerd-shim-brisk-v2 delete` for each task) while
+/// its listening socket, opened first, still accepts connections for a
+/// moment, longer on a loaded node. The cleanup must not take a socket
+/// that accepts but never answers for a live shim: that left the killed
+/// pod's container running, with its cgroups and runc state (CI's run of
+/// `shim_sigkill_brisk`, and a chaos run). Here a copy of the listener,
+/// held by the test for a second after the kill, makes that moment last
+/// while containerd's cleanups look at the socket.
+#[test]
+fn dead_shim_cleanup_while_its_listener_still_accepts_leaves_nothing() {
+    let Some(cd) = common::start(BRISK_HANDLER) else {
+        return;
+    };
+    let cri = cd.cri();
+    let pod = cri
+        .run_pod_sandbox(BRISK_HANDLER, "heldlistener")
+        .expect("pod");
+    let id = cri
+        .run_container(&pod, &ContainerSpec::new("victim", &["sleep", "1000"]))
+        .expect("container");
+    let shims = common::handler_shims(&cd, BRISK_HANDLER);
+    assert_eq!(shims.len(), 1, "one shim: {shims:?}");
+    cd.refresh_sockets();
+    // fd 3 is where `start` hands the shim its listening socket.
+    let listener = sys::copy_fd_of(shims[0], 3).expect("copy of the shim's listener");
+    assert!(
+        accepts_connections(&listener),
+        "fd 3 of the shim is its listener"
+    );
+    sys::kill(shims[0], libc::SIGKILL);
+    assert!(sys::wait_gone(&shims, Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_secs(1));
+    drop(listener);
+
+    let st = cri
+        .wait_for_exited(&id, Duration::from_secs(60))
+        .expect("container exited after shim death");
+    assert_ne!(st.exit_code, 0, "exit code after shim death: {st:?}");
+    cri.stop_pod(&pod.id)
+        .expect("StopPodSandbox after shim death");
+    cri.remove_pod(&pod.id)
+        .expect("RemovePodSandbox after shim death");
+    cd.assert_no_leaks();
+    cd.finish();
+}
+
+fn accepts_connections(fd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut on: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes an int and its length into the given places.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut on as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && on == 1
+}
+
 /// The stock shim leaves its dead socket in /run/containerd/s (see
 /// shared/ENVIRONMENT.md); run with `--ignored` to see it.
 #[test]
