@@ -49,6 +49,21 @@ pub fn remove_exited(cgroups_path: &str) -> io::Result<usize> {
 }
 
 fn remove_exited_under(roots: &[PathBuf], cgroups_path: &str) -> io::Result<usize> {
+    let dirs = container_dirs(roots, cgroups_path, false)?;
+    for dir in &dirs {
+        remove_when_empty(dir)?;
+    }
+    Ok(dirs.len())
+}
+
+/// The container's cgroup directories below `roots`: real directories
+/// only, no symlink followed. The path comes from the bundle, so one that
+/// climbs with `..` out of the roots is refused.
+fn container_dirs(
+    roots: &[PathBuf],
+    cgroups_path: &str,
+    systemd: bool,
+) -> io::Result<Vec<PathBuf>> {
     if Path::new(cgroups_path)
         .components()
         .any(|c| matches!(c, Component::ParentDir))
@@ -58,18 +73,11 @@ fn remove_exited_under(roots: &[PathBuf], cgroups_path: &str) -> io::Result<usiz
             format!("cgroups path {cgroups_path:?} climbs with '..'"),
         ));
     }
-    let mut removed = 0;
-    for root in roots {
-        let Some(dir) = locate::container_dir(root, cgroups_path, false) else {
-            continue;
-        };
-        // No symlink is followed: a real directory, or nothing to do.
-        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-            remove_when_empty(&dir)?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
+    Ok(roots
+        .iter()
+        .filter_map(|root| locate::container_dir(root, cgroups_path, systemd))
+        .filter(|dir| std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()))
+        .collect())
 }
 
 /// rmdir of `dir`, tried again while the kernel says it is busy, for
@@ -108,26 +116,15 @@ fn hierarchies(root: &Path) -> Vec<PathBuf> {
 }
 
 fn remove_under(roots: &[PathBuf], cgroups_path: &str, systemd: bool) -> Vec<PathBuf> {
-    // The path comes from the bundle: it may not climb out of the roots.
-    if Path::new(cgroups_path)
-        .components()
-        .any(|c| matches!(c, Component::ParentDir))
-    {
-        warn!(
-            cgroups_path,
-            "cgroups path climbs with '..'; its cgroups are left alone"
-        );
-        return Vec::new();
-    }
-    let mut removed = Vec::new();
-    for root in roots {
-        let Some(dir) = locate::container_dir(root, cgroups_path, systemd) else {
-            continue;
-        };
-        // No symlink is followed: a real directory, or nothing to do.
-        if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-            continue;
+    let dirs = match container_dirs(roots, cgroups_path, systemd) {
+        Ok(dirs) => dirs,
+        Err(e) => {
+            warn!(cgroups_path, error = %e, "its cgroups are left alone");
+            return Vec::new();
         }
+    };
+    let mut removed = Vec::new();
+    for dir in dirs {
         let started = Instant::now();
         kill_members(&dir);
         if systemd {
