@@ -236,6 +236,32 @@ exec '{runc}' "$@"
         self.wait_noted("hung", sub, id, timeout)
     }
 
+    /// Wait until every `runc SUB ID` call that hung or lingered has
+    /// returned (its wrapper process is gone).
+    pub fn wait_returned(&self, sub: &str, id: &str, timeout: Duration) -> Result<()> {
+        let noted = ["hung", "slowed"]
+            .map(|f| fs::read_to_string(self.ctl.join(f)).unwrap_or_default())
+            .join("");
+        let pids: Vec<i32> = noted
+            .lines()
+            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                [s, i, pid, ..] if s == sub && i == id => pid.parse().ok(),
+                _ => None,
+            })
+            .collect();
+        let deadline = Instant::now() + timeout;
+        while pids
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        {
+            if Instant::now() > deadline {
+                bail!("`runc {sub} {id}` still running after {timeout:?}: {pids:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
     /// Wait until a `runc SUB ID` call is done and lingers.
     pub fn wait_slowed(&self, sub: &str, id: &str, timeout: Duration) -> Result<()> {
         self.wait_noted("slowed", sub, id, timeout)

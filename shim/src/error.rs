@@ -54,6 +54,12 @@ pub enum ShimError {
     #[error("internal error: the shim's {0} call failed unexpectedly; see the shim log")]
     Panicked(&'static str),
 
+    /// containerd gave up on the Create and deleted the id meanwhile: the
+    /// Create undid its work instead of registering a container nobody
+    /// would ever delete.
+    #[error("container {0} was deleted while it was being created")]
+    DeletedWhileCreating(String),
+
     /// The shim decided to exit; it takes no new container.
     #[error("the shim is shutting down")]
     ShuttingDown,
@@ -99,6 +105,7 @@ impl ShimError {
             }
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
             ShimError::ShuttingDown => Code::UNAVAILABLE,
+            ShimError::DeletedWhileCreating(_) => Code::ABORTED,
             ShimError::Panicked(_) => Code::INTERNAL,
             ShimError::Runc(e) if e.is_not_found() => Code::NOT_FOUND,
             ShimError::Runc(RuncError::Timeout { .. }) => Code::DEADLINE_EXCEEDED,

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use brisk_integration::{ContainerSpec, BRISK_HANDLER, RUNC_HANDLER};
+use brisk_integration::{fault::RuncWrapper, ContainerSpec, Cri, BRISK_HANDLER, RUNC_HANDLER};
 
 use crate::common::{self, EXIT_TIMEOUT};
 
@@ -96,4 +96,57 @@ fn lifecycle_pod_runc() {
 #[test]
 fn lifecycle_pod_brisk() {
     lifecycle_pod(BRISK_HANDLER);
+}
+
+/// containerd gives up on a Create whose caller went away (kubelet's
+/// deadline, a restart of containerd): it deletes the id, runs the cleanup
+/// binary, removes the bundle and forgets the task. Here runc create has
+/// done its work and answers late while CRI's deadline passes, so that
+/// cleanup and the shim's Create meet; whichever way they do, nothing may
+/// be left. The way the chaos soak lost (the Delete came while the Create
+/// was running, answered NotFound, and the Create went on to register a
+/// container nobody would delete) is pinned by the unit test
+/// `delete_during_create_undoes_the_create`; this one keeps the real flow.
+#[test]
+fn a_create_containerd_gave_up_on_leaves_nothing() {
+    let Some(cd) = common::start_with(BRISK_HANDLER, common::wrapper_options()) else {
+        return;
+    };
+    let wrapper = RuncWrapper::install(&cd.dir).expect("runc wrapper");
+    let cri = cd.cri();
+    let pod = cri.run_pod_sandbox(BRISK_HANDLER, "givenup").expect("pod");
+    let id = cri
+        .create_container(&pod, &ContainerSpec::new("late", &["sleep", "1000"]))
+        .expect("container");
+    // runc create does its work and then answers late; CRI's deadline
+    // passes in between, its context is cancelled, and containerd cleans
+    // up after the failed Create while the shim waits for runc's answer.
+    wrapper.slow("create", &[&id]).unwrap();
+    let mut hasty = Cri::connect(&cd.socket, cri.cgroup_parent(), &cd.dir.join("pod-logs"))
+        .expect("second CRI client");
+    hasty.adopt_tracked(cri);
+    hasty.timeout = Duration::from_millis(300);
+    assert!(
+        hasty.start_container(&id).is_err(),
+        "StartContainer answered"
+    );
+    wrapper
+        .wait_returned("create", &id, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        wrapper.slowed(),
+        vec![("create".to_string(), id.clone())],
+        "runc create was done before CRI's deadline"
+    );
+
+    // CRI removes what it has; nothing is left in the shim either.
+    let st = cri
+        .wait_for_exited(&id, Duration::from_secs(30))
+        .expect("the container is EXITED");
+    eprintln!("after the given-up create: {st:?}");
+    cri.remove_container(&id).expect("RemoveContainer");
+    cri.stop_pod(&pod.id).expect("StopPodSandbox");
+    cri.remove_pod(&pod.id).expect("RemovePodSandbox");
+    cd.assert_no_leaks();
+    cd.finish();
 }

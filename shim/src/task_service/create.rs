@@ -61,7 +61,7 @@ struct Rollback {
 
 impl Rollback {
     /// Everything is in place: nothing is to be undone.
-    fn commit(mut self) -> Option<MountedRootfs> {
+    fn commit(&mut self) -> Option<MountedRootfs> {
         self.runc = None;
         self.cgroups_path = None;
         self.state_dir = None;
@@ -69,7 +69,9 @@ impl Rollback {
         self.rootfs.take()
     }
 
-    /// Undoes what was set up, in reverse order, and returns when done.
+    /// Undoes what was set up, in reverse order; returns once runc's state
+    /// is gone (or its removal is retried detached), with the rootfs
+    /// unmount handed to the detached worker.
     async fn undo(mut self) {
         let parts = self.take();
         undo(parts).await;
@@ -143,14 +145,10 @@ async fn undo(u: Undo) {
             }
         }
     }
+    // Detached, as after an exit: a loaded disk's sync would hold back the
+    // Create's answer for minutes. A new Create of the paths waits for it.
     if let Some(r) = rootfs {
-        let _ = tokio::task::spawn_blocking(move || match platform.unmount(&r.target) {
-            Ok(_) => volatile::clear_markers(&r.volatile_workdirs),
-            Err(e) => {
-                warn!(target = %r.target.display(), error = %e, "unmount after a failed create")
-            }
-        })
-        .await;
+        rootfs::unmount_detached(&detached, platform, id, r);
     }
 }
 
@@ -215,12 +213,22 @@ impl TaskService {
             return Err(e);
         }
         let pid = init.pid;
-        let mut container = Container::new(id.clone(), bundle, runc, init, rollback.commit());
-        container.shares_pid_ns = !spec.own_pid_namespace();
-        container.teardown = Teardown::plan(&id, &spec, &cfg);
-        container.io_owner = (cfg.io_uid, cfg.io_gid);
-        let container = Arc::new(Mutex::new(container));
-        self.inner.registry.insert(reservation, container.clone());
+        let made = self.inner.registry.insert(reservation, || {
+            let mut container = Container::new(id.clone(), bundle, runc, init, rollback.commit());
+            container.shares_pid_ns = !spec.own_pid_namespace();
+            container.teardown = Teardown::plan(&id, &spec, &cfg);
+            container.io_owner = (cfg.io_uid, cfg.io_gid);
+            Arc::new(Mutex::new(container))
+        });
+        let container = match made {
+            Ok(c) => c,
+            Err(reservation) => {
+                info!(id, "deleted while it was being created; undoing the create");
+                rollback.undo().await;
+                drop(reservation);
+                return Err(ShimError::DeletedWhileCreating(id));
+            }
+        };
         // Before the container runs: no kill can come before the watch.
         let cgroup = cgroup::locate(spec.cgroups_path(), cfg.systemd_cgroup, pid as u32);
         let oom = cgroup

@@ -1,7 +1,9 @@
 //! Delete of an exec, or of a container: wait for the calls still owed an
 //! answer, make sure runc's state is gone (the early `runc delete` started
 //! at the exit, or one now), hand the rootfs to the detached unmount worker
-//! (Delete does not wait for it), and leave the registry.
+//! (Delete does not wait for it), and leave the registry. A Delete of an
+//! id whose Create still runs cancels that Create (see
+//! `delete_during_create`).
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,9 @@ const EARLY_DELETE_WAIT: Duration = Duration::from_secs(600);
 
 impl TaskService {
     pub(super) async fn delete(&self, id: &str, exec_id: &str) -> Result<DeleteResponse> {
+        if exec_id.is_empty() && self.inner.registry.cancel_create(id) {
+            return Ok(self.delete_during_create(id).await);
+        }
         let c = self.container(id)?;
         if !exec_id.is_empty() {
             let (pid, exit) = container::lock(&c).delete_exec(exec_id)?;
@@ -76,6 +81,19 @@ impl TaskService {
         );
         info!(id, status = plan.exit.status, "container deleted");
         Ok(delete_response(plan.pid, plan.exit))
+    }
+
+    /// A Delete of an id whose Create is still running: containerd gave up
+    /// on that Create (its caller went away, a restart) and deletes the id
+    /// before it forgets the task. The Create, cancelled, undoes its work
+    /// instead of registering a container nobody would delete; the answer
+    /// waits for that, so containerd removes the bundle after runc's state
+    /// is gone. Past the bound the Create still undoes itself.
+    async fn delete_during_create(&self, id: &str) -> DeleteResponse {
+        let waited = Instant::now();
+        let ended = self.inner.registry.wait_create_ended(id, WORK_WAIT).await;
+        info!(id, waited = ?waited.elapsed(), ended, "delete during create: the create is cancelled");
+        delete_response(0, ExitInfo::now())
     }
 
     /// What Delete must see done before it commits: the calls in flight

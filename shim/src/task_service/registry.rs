@@ -30,6 +30,9 @@ struct State {
     containers: HashMap<String, Shared>,
     /// Ids whose Create is running.
     reserved: HashSet<String>,
+    /// Reserved ids a Delete came for: their Create undoes its work
+    /// instead of registering the container.
+    cancelled: HashSet<String>,
     /// Calls that talk to runc, running now.
     busy: usize,
     /// The shim is exiting: nothing new is accepted.
@@ -52,7 +55,10 @@ pub struct Reservation<'a> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        self.registry.lock().reserved.remove(&self.id);
+        let mut s = self.registry.lock();
+        s.reserved.remove(&self.id);
+        s.cancelled.remove(&self.id);
+        drop(s);
         self.registry.changed.send_replace(());
     }
 }
@@ -90,12 +96,58 @@ impl Registry {
         })
     }
 
-    /// Registers the container of a reserved id.
-    pub fn insert(&self, reservation: Reservation<'_>, container: Shared) {
-        self.lock()
-            .containers
-            .insert(reservation.id.clone(), container);
+    /// Registers the container `make` builds for a reserved id, unless a
+    /// Delete cancelled the Create meanwhile: then `make` is not called and
+    /// the reservation comes back, to be held until the Create's work is
+    /// undone (the Delete waits for it). The check and the insert are one
+    /// step, so a Delete either finds the container or cancels its Create.
+    pub fn insert<'a>(
+        &'a self,
+        reservation: Reservation<'a>,
+        make: impl FnOnce() -> Shared,
+    ) -> std::result::Result<Shared, Reservation<'a>> {
+        let mut s = self.lock();
+        if s.cancelled.contains(&reservation.id) {
+            return Err(reservation);
+        }
+        let container = make();
+        s.containers
+            .insert(reservation.id.clone(), container.clone());
+        drop(s);
         drop(reservation);
+        Ok(container)
+    }
+
+    /// For a Delete of `id` whose container is not registered: cancels the
+    /// Create of `id` if one is running. True when it did.
+    pub fn cancel_create(&self, id: &str) -> bool {
+        let mut s = self.lock();
+        if s.containers.contains_key(id) || !s.reserved.contains(id) {
+            return false;
+        }
+        s.cancelled.insert(id.to_string());
+        true
+    }
+
+    /// Waits until no Create of `id` runs, or `bound` passes. True when
+    /// none runs.
+    pub async fn wait_create_ended(&self, id: &str, bound: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let mut changed = {
+                let s = self.lock();
+                if !s.reserved.contains(id) {
+                    return true;
+                }
+                self.changed.subscribe()
+            };
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
+                return !self.lock().reserved.contains(id);
+            }
+        }
     }
 
     pub fn get(&self, id: &str) -> Result<Shared> {

@@ -3,12 +3,17 @@
 
 use containerd_shim_protos::{api, protobuf::well_known_types::any::Any, topics, ttrpc::Code};
 
-use super::{code, within, Ev, Fault, Shim};
+use super::{code, settle, within, Ev, Fault, Shim};
 use crate::volatile;
 
 /// Nothing of `id` is left: no container, no runc state, no mount, no
 /// volatile marker, and the id is free for the next Create.
 async fn assert_nothing_left(shim: &Shim, id: &str, workdir: &std::path::Path) {
+    // The unmount of a failed Create goes on detached.
+    assert_eq!(
+        within(shim.detached.wait_idle(std::time::Duration::from_secs(4))).await,
+        0
+    );
     let e = shim.svc.container(id).unwrap_err();
     assert_eq!(code(&e), Code::NOT_FOUND, "{e}");
     assert!(!shim.runc().has_state(id), "runc state of {id} left");
@@ -21,10 +26,6 @@ async fn assert_nothing_left(shim: &Shim, id: &str, workdir: &std::path::Path) {
         !volatile::marker(workdir).exists(),
         "volatile marker {} left",
         volatile::marker(workdir).display()
-    );
-    assert_eq!(
-        within(shim.detached.wait_idle(std::time::Duration::ZERO)).await,
-        0
     );
     assert!(
         !shim
@@ -198,4 +199,70 @@ async fn ids_that_are_not_identifiers_are_refused() {
     let mut ok = shim.request("ok");
     ok.id = format!("{}.a_b-c", "f".repeat(64));
     shim.svc.create(&ok).await.unwrap();
+}
+
+/// A Create that fails answers without waiting for its rootfs unmount,
+/// which can take minutes on a loaded disk (the chaos soak: a restart of
+/// containerd inside such a wait found the task half rolled back). The
+/// unmount goes on detached, and a new Create of the id waits for it.
+#[tokio::test]
+async fn a_failed_create_answers_before_its_unmount_ends() {
+    let shim = Shim::new();
+    let (req, workdir) = shim.request_with_rootfs("c1");
+    shim.runc()
+        .fault("create", Fault::Fail("exec format error"), 1);
+    let held = shim.platform.unmount_hold.hold();
+    let e = within(shim.svc.create(&req)).await.unwrap_err();
+    assert_eq!(code(&e), Code::UNKNOWN, "{e}");
+    assert!(!shim.runc().has_state("c1"));
+    assert_eq!(shim.platform.mounted().len(), 1, "the unmount is held");
+    let svc = shim.svc.clone();
+    let again = req.clone();
+    let next = tokio::spawn(async move { svc.create(&again).await });
+    settle().await;
+    assert!(
+        !next.is_finished(),
+        "a new Create mounted over the rootfs still unmounting"
+    );
+    drop(held);
+    within(next).await.unwrap().unwrap();
+    assert_eq!(shim.platform.mounted().len(), 1);
+    assert!(volatile::marker(&workdir).exists());
+}
+
+/// containerd answers a Create it gave up on (its caller went away, a
+/// restart) with a Delete of the id, and then forgets the task. A Delete
+/// that comes while the Create is still inside runc must not answer
+/// NotFound and let the Create register a container nobody will ever
+/// delete (the chaos soak: a pod's shim kept such a container's runc init
+/// alive and never exited). The Create undoes its work instead, and the
+/// Delete answers once it has.
+#[tokio::test]
+async fn delete_during_create_undoes_the_create() {
+    let shim = Shim::new();
+    let (req, workdir) = shim.request_with_rootfs("c1");
+    let gate = shim.runc().hold("create");
+    let svc = shim.svc.clone();
+    let create = tokio::spawn(async move { svc.create(&req).await });
+    gate.entered(1).await;
+    let svc = shim.svc.clone();
+    let delete = tokio::spawn(async move { svc.delete("c1", "").await });
+    settle().await;
+    assert!(
+        !delete.is_finished(),
+        "Delete answered while the Create was still running"
+    );
+    gate.release();
+    let e = within(create).await.unwrap().unwrap_err();
+    assert_eq!(code(&e), Code::ABORTED, "{e}");
+    assert!(
+        e.to_string()
+            .contains("container c1 was deleted while it was being created"),
+        "{e}"
+    );
+    within(delete).await.unwrap().unwrap();
+    // The Delete answered only once runc's state was gone.
+    assert!(!shim.runc().has_state("c1"));
+    assert_eq!(shim.runc().calls("delete --force", "c1"), 1);
+    assert_nothing_left(&shim, "c1", &workdir).await;
 }

@@ -250,11 +250,43 @@ pub struct FakePlatform {
     pub teardown_works: Mutex<bool>,
     /// The ids torn down without runc, in order.
     pub torn_down: Mutex<Vec<String>>,
+    /// While held, unmounts wait (a loaded disk's sync).
+    pub unmount_hold: Hold,
 }
 
 impl FakePlatform {
     pub fn mounted(&self) -> HashSet<PathBuf> {
         self.mounted.lock().unwrap().clone()
+    }
+}
+
+/// A blocking gate for calls the service makes on a blocking thread.
+#[derive(Default)]
+pub struct Hold {
+    held: Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+/// Releases its [`Hold`] when dropped, so a failing test does not leave a
+/// blocking thread waiting (the runtime's shutdown would wait for it).
+pub struct Held<'a>(&'a Hold);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        *self.0.held.lock().unwrap() = false;
+        self.0.changed.notify_all();
+    }
+}
+
+impl Hold {
+    pub fn hold(&self) -> Held<'_> {
+        *self.held.lock().unwrap() = true;
+        Held(self)
+    }
+
+    fn pass(&self) {
+        let held = self.held.lock().unwrap();
+        drop(self.changed.wait_while(held, |h| *h).unwrap());
     }
 }
 
@@ -282,6 +314,7 @@ impl Platform for FakePlatform {
     }
 
     fn unmount(&self, target: &Path) -> Result<Duration> {
+        self.unmount_hold.pass();
         self.mounted.lock().unwrap().remove(target);
         Ok(Duration::ZERO)
     }
