@@ -132,22 +132,7 @@ impl Registry {
     /// Waits until no Create of `id` runs, or `bound` passes. True when
     /// none runs.
     pub async fn wait_create_ended(&self, id: &str, bound: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + bound;
-        loop {
-            let mut changed = {
-                let s = self.lock();
-                if !s.reserved.contains(id) {
-                    return true;
-                }
-                self.changed.subscribe()
-            };
-            if tokio::time::timeout_at(deadline, changed.changed())
-                .await
-                .is_err()
-            {
-                return !self.lock().reserved.contains(id);
-            }
-        }
+        self.wait_for(bound, |s| !s.reserved.contains(id)).await
     }
 
     pub fn get(&self, id: &str) -> Result<Shared> {
@@ -169,12 +154,20 @@ impl Registry {
 
     /// Waits until no call is busy and no Create runs, or `bound` passes.
     async fn wait_quiet(&self, bound: Duration) {
+        self.wait_for(bound, |s| s.busy == 0 && s.reserved.is_empty())
+            .await;
+    }
+
+    /// Waits until `done` holds of the registry, or `bound` passes. True
+    /// when it holds. The check and the subscription are made under the
+    /// lock, so a change between them is not missed.
+    async fn wait_for(&self, bound: Duration, done: impl Fn(&State) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + bound;
         loop {
             let mut changed = {
                 let s = self.lock();
-                if s.busy == 0 && s.reserved.is_empty() {
-                    return;
+                if done(&s) {
+                    return true;
                 }
                 self.changed.subscribe()
             };
@@ -182,7 +175,7 @@ impl Registry {
                 .await
                 .is_err()
             {
-                return;
+                return done(&self.lock());
             }
         }
     }
